@@ -1,0 +1,1 @@
+"""The liquid backbone network. Knows nothing of files."""

@@ -1,0 +1,73 @@
+"""One writer per cache: an exclusive lock file naming its holder.
+
+A lock left by a killed run on this host (its pid is gone) is taken over, so a killed encode
+resumes by rerunning the same command; a live holder, or one on another host, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from liquidgen.errors import LiquidgenError
+
+LOCK = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CacheLock:
+    def __init__(self, root: Path):
+        self.path = Path(root) / LOCK
+        self.held = False
+
+    def acquire(self) -> "CacheLock":
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+                    self.path.unlink(missing_ok=True)  # stale: its writer was killed
+                    continue
+                raise LiquidgenError(
+                    f"{self.path.parent} is being written by pid {holder.get('pid')} on "
+                    f"{holder.get('host')} since {holder.get('since')}; wait for it, or delete "
+                    f"{self.path} if that process is gone"
+                ) from None
+            except OSError as exc:
+                raise LiquidgenError(f"cannot write to {self.path.parent}: {exc.strerror or exc}") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return self
+        raise LiquidgenError(f"could not take the lock {self.path}")
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "CacheLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

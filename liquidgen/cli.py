@@ -1,0 +1,150 @@
+"""The `liquidgen` command line: parse, call a stage, report. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from liquidgen.errors import LiquidgenError
+
+app = typer.Typer(
+    help="Train small attention-free liquid (CfC) image generators on cached VAE latents.\n\n"
+    "Stage 1 `encode` turns images into a latent cache once; later stages read only the cache.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+cache_app = typer.Typer(help="Inspect and check latent caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@app.command()
+def encode(
+    source: str = typer.Argument(..., help="A preset (paintings, flowers, afhq, ...; see `liquidgen presets`), "
+                                 "hf:ORG/NAME[:split], a folder of images (subfolders = classes), or image .tar files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create, resume or append to."),
+    vae: str = typer.Option("flux", help="VAE preset (flux, flux2, sd, sdxl, taesd, taesdxl, taef1, taef2), a diffusers "
+                            "Hub id or folder, or a folder with a TAESD-family *_encoder.pth/*_decoder.pth pair."),
+    vae_subfolder: Optional[str] = typer.Option(None, help="Subfolder of a diffusers repo holding the VAE (e.g. vae)."),
+    resolution: int = typer.Option(256, "--resolution", "-r", help="Square size in pixels (a multiple of the VAE downscale)."),
+    format: str = typer.Option("zarr", "--format", "-f", help="zarr (random access, one machine) or wds (WebDataset tars, streaming/sharing)."),
+    dtype: str = typer.Option("fp16", help="Stored dtype: fp16, bf16, fp32 or uint8 (per-channel affine, see docs)."),
+    store: str = typer.Option("mean", help="For KL VAEs: mean, sample, or moments (mean+logvar, sampled at load time)."),
+    flip: str = typer.Option("none", help="none, or both: also encode the horizontally flipped image."),
+    limit: Optional[int] = typer.Option(None, help="Encode only the first N images of the source."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per VAE forward."),
+    workers: int = typer.Option(min(4, __import__("os").cpu_count() or 1), help="DataLoader workers decoding images."),
+    shard_size: int = typer.Option(1024, help="Latents per shard (the unit of resume and of sharing)."),
+    data_dir: Optional[str] = typer.Option(None, envvar="LIQUIDGEN_DATA_DIR", help="Folder with local copies of presets (offline)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    vae_dtype: str = typer.Option("auto", help="VAE compute dtype: auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16."),
+    seed: int = typer.Option(0, help="Seed for --store sample."),
+) -> None:
+    """Encode images through a frozen VAE into a sharded latent cache (resumable: rerun to finish)."""
+    from liquidgen.pipeline.encode import EncodeConfig, encode as run
+
+    cfg = EncodeConfig(
+        source=source, out=str(out), vae=vae, vae_subfolder=vae_subfolder, resolution=resolution,
+        format=format, dtype=dtype, store=store, flip=flip, limit=limit, batch_size=batch_size,
+        workers=workers, shard_size=shard_size, data_dir=data_dir, device=device,
+        vae_dtype=vae_dtype, seed=seed,
+    )
+    result = run(cfg)
+    if result.noop:
+        console.print(f"{out}: already complete ({result.total} latents); nothing to do")
+    else:
+        rate = (result.encoded + result.skipped) / max(result.seconds, 1e-9)
+        console.print(
+            f"{out}: encoded {result.encoded}, skipped {result.skipped} in {result.seconds:.1f}s "
+            f"({rate:.1f} img/s); the cache holds {result.total} latents"
+        )
+
+
+@app.command()
+def presets() -> None:
+    """List the dataset and VAE presets."""
+    from liquidgen.pipeline.sources import PRESETS
+    from liquidgen.pipeline.vae import VAE_PRESETS
+
+    table = Table("dataset preset", "Hugging Face id", "labels", "limit", "about")
+    for name, p in PRESETS.items():
+        table.add_row(name, p.hf_id, p.label_column or "-", str(p.limit or "-"), p.note)
+    console.print(table)
+    table = Table("VAE preset", "id", "subfolder", "about")
+    for name, v in VAE_PRESETS.items():
+        table.add_row(name, v.id, v.subfolder or "-", v.note)
+    console.print(table)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+@cache_app.command("info")
+def cache_info(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
+    """Describe a cache: source, VAE, latent shape, dtype, count, skipped, size, statistics."""
+    from liquidgen.cache.store import CacheDir
+
+    m = CacheDir(cache).manifest()
+    st, vae = m["storage"], m["vae"]
+    size = sum(s["bytes"] for s in m["shards"])
+    table = Table(show_header=False, title=f"{cache}" + ("" if m["complete"] else "  [red](incomplete: rerun encode)[/red]"))
+    table.add_column(style="bold")
+    table.add_column()
+    for src in m["sources"]:
+        table.add_row("source", f"{src['id']} ({src['kind']}{', split ' + src['split'] if src['split'] else ''}"
+                      f"{', limit ' + str(src['limit']) if src['limit'] else ''}): {src['count']} encoded, {src['skipped']} skipped")
+    table.add_row("classes", ", ".join(m["label_names"]) if m["label_names"] else "none (unconditional)")
+    table.add_row("resolution", f"{m['preprocess']['resolution']} px, {m['preprocess']['resize']}, flip: {st['flip']}")
+    table.add_row("VAE", f"{vae['id']}{' / ' + vae['subfolder'] if vae.get('subfolder') else ''} ({vae['class']}, "
+                  f"{vae['latent_channels']} ch, /{vae['downscale']}, scale {vae['scaling_factor']:g}, shift {vae['shift_factor']:g})")
+    table.add_row("latents", f"{m['count']} x {'x'.join(map(str, st['latent_shape']))} {st['dtype']} ({st['stored']})")
+    table.add_row("storage", f"{st['backend']}, {len(m['shards'])} shards of up to {st['shard_size']}, {_human(size)}"
+                  + (f", {size / max(m['count'], 1) / (2 if st['flip'] == 'both' else 1):,.0f} bytes per latent" if m["count"] else ""))
+    table.add_row("skipped", str(len(m["skipped"])) + (f" (see {cache}/skipped.log)" if m["skipped"] else ""))
+    if m["stats"]:
+        mean, std = m["stats"]["mean"], m["stats"]["std"]
+        table.add_row("channel mean", f"{min(mean):+.3f} .. {max(mean):+.3f} (avg {sum(mean) / len(mean):+.3f})")
+        table.add_row("channel std", f"{min(std):.3f} .. {max(std):.3f} (avg {sum(std) / len(std):.3f})")
+    table.add_row("created", f"{m['created']} by liquidgen {m['liquidgen_version']}")
+    console.print(table)
+
+
+@cache_app.command("verify")
+def cache_verify(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
+    """Check every shard against the manifest (size and sha256); exit 1 naming each bad shard."""
+    from liquidgen.cache.store import verify_cache
+
+    manifest, problems = verify_cache(cache)
+    if problems:
+        for p in problems:
+            err.print(f"[red]bad[/red] {cache}: {p}")
+        raise typer.Exit(1)
+    console.print(f"{cache}: {len(manifest['shards'])} shards, {manifest['count']} latents, all checksums match")
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 1; Ctrl-C exits 130 keeping finished shards."""
+    try:
+        app()
+    except LiquidgenError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished shards are kept; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""The one exception type users see.
+
+Anything raised as `LiquidgenError` is a problem the user can fix (a wrong path, a mismatched
+cache, a full disk); the CLI prints its message on one line and exits non-zero, with no
+traceback. Every other exception is a bug and keeps its traceback.
+"""
+
+
+class LiquidgenError(Exception):
+    """A user-facing error: the message says what went wrong and what to do."""

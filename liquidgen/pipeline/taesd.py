@@ -1,0 +1,81 @@
+"""The TAESD family of tiny autoencoders (taesd, taesdxl, taesd3, taef1, taef2), from their
+`*_encoder.pth` / `*_decoder.pth` state dicts.
+
+diffusers' `AutoencoderTiny` loads the plain members, but TAEF2 adds "pooled" blocks (a global
+1x1-conv + GroupNorm branch) that it has no option for, so the family is rebuilt here from the
+layout in madebyollin/taesd. Which blocks are pooled is read off the state dict keys, so one
+class serves every member.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv(n_in: int, n_out: int, **kwargs) -> nn.Conv2d:
+    return nn.Conv2d(n_in, n_out, 3, padding=1, **kwargs)
+
+
+class _Clamp(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / 3) * 3
+
+
+class _Block(nn.Module):
+    def __init__(self, n: int = 64, pooled: bool = False):
+        super().__init__()
+        self.conv = nn.Sequential(_conv(n, n), nn.ReLU(), _conv(n, n), nn.ReLU(), _conv(n, n))
+        self.pool = (
+            nn.Sequential(
+                nn.Conv2d(n, 4 * n, 1, bias=False),
+                nn.GroupNorm(4, 4 * n),
+                nn.ReLU(),
+                nn.Conv2d(4 * n, n, 1, bias=False),
+            )
+            if pooled
+            else None
+        )
+        self.fuse = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = x + self.pool(x)
+        return self.fuse(self.conv(x) + x)
+
+
+def _pooled(state: dict[str, torch.Tensor], index: int) -> bool:
+    return f"{index}.pool.0.weight" in state
+
+
+def build_encoder(state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """Encoder: RGB in [0, 1] -> raw latents at 1/8 size."""
+    latent_channels = state["14.weight"].shape[0]
+    layers: list[nn.Module] = [_conv(3, 64), _Block(pooled=_pooled(state, 1))]
+    for start in (2, 6, 10):
+        layers.append(_conv(64, 64, stride=2, bias=False))
+        layers += [_Block(pooled=_pooled(state, start + i)) for i in (1, 2, 3)]
+    layers.append(_conv(64, latent_channels))
+    return nn.Sequential(*layers)
+
+
+def build_decoder(state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """Decoder: raw latents -> RGB in about [0, 1]."""
+    latent_channels = state["1.weight"].shape[1]
+    layers: list[nn.Module] = [_Clamp(), _conv(latent_channels, 64), nn.ReLU()]
+    layers += [_Block(pooled=_pooled(state, i)) for i in (3, 4, 5)]
+    for start, blocks in ((6, 3), (11, 3), (16, 1)):
+        layers += [nn.Upsample(scale_factor=2), _conv(64, 64, bias=False)]
+        layers += [_Block(pooled=_pooled(state, start + 2 + i)) for i in range(blocks)]
+    layers.append(_conv(64, 3))
+    return nn.Sequential(*layers)
+
+
+def load_pair(encoder_path: str, decoder_path: str) -> tuple[nn.Sequential, nn.Sequential]:
+    """Both halves with their weights (fp32), loaded without pickle."""
+    enc_state = torch.load(encoder_path, map_location="cpu", weights_only=True)
+    dec_state = torch.load(decoder_path, map_location="cpu", weights_only=True)
+    encoder, decoder = build_encoder(enc_state), build_decoder(dec_state)
+    encoder.load_state_dict({k: v.float() for k, v in enc_state.items()})
+    decoder.load_state_dict({k: v.float() for k, v in dec_state.items()})
+    return encoder, decoder

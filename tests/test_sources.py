@@ -1,0 +1,53 @@
+"""Every kind of source through the same encode: presets read offline, Hugging Face `datasets`
+(streamed), WebDataset tars of images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from conftest import PAINTINGS
+from liquidgen.pipeline.encode import encode
+from liquidgen.pipeline.sources import FolderSource, HFSource, TarSource, open_source
+
+from test_encode import config, read_all
+
+
+def test_a_preset_reads_its_local_copy_offline(tmp_path):
+    source = open_source("paintings", data_dir=str(PAINTINGS.parent))
+    assert isinstance(source, FolderSource) and source.count == 2000
+    assert source.label_names == ["Baroque", "Impressionism", "Pointillism", "Rococo", "Ukiyo_e"]
+    keys = [item.key for item in source]
+    assert len(set(keys)) == 2000 and keys == sorted(keys)
+
+
+def test_hf_datasets_source_streams_a_local_dataset(paintings12, tmp_path):
+    source = open_source(f"hf:{paintings12}")
+    assert isinstance(source, HFSource) and source.label_names == ["Baroque", "Impressionism", "Pointillism"]
+    result = encode(config(f"hf:{paintings12}", tmp_path / "c"))
+    m, latents, keys, labels = read_all(tmp_path / "c")
+    assert result.total == 12 and m["sources"][0]["kind"] == "hf"
+    assert keys == [f"train/{i}" for i in range(12)]
+    # the same pixels as the folder source: same latents, same labels (imagefolder order aside)
+    encode(config(paintings12, tmp_path / "f"))
+    _, folder_latents, _, folder_labels = read_all(tmp_path / "f")
+    assert sorted(labels.tolist()) == sorted(folder_labels.tolist())
+    assert np.allclose(np.sort(latents.sum(axis=(1, 2, 3))), np.sort(folder_latents.sum(axis=(1, 2, 3))), atol=1e-2)
+
+
+def test_webdataset_tars_of_images(paintings12, tmp_path):
+    import webdataset as wds
+
+    files = sorted(paintings12.rglob("*.jpg"))
+    for part in (0, 1):
+        with wds.TarWriter(str(tmp_path / f"images-{part}.tar")) as sink:
+            for i, f in enumerate(files[part * 6 : part * 6 + 6]):
+                sink.write({"__key__": f"img{i:03d}", "jpg": f.read_bytes(), "cls": str(part).encode()})
+    pattern = str(tmp_path / "images-{0..1}.tar")
+    assert isinstance(open_source(pattern), TarSource)
+    result = encode(config(pattern, tmp_path / "c", limit=10))
+    _, latents, keys, labels = read_all(tmp_path / "c")
+    assert result.total == 10 and latents.shape[0] == 10
+    assert keys[0] == "images-0.tar/img000" and keys[-1] == "images-1.tar/img003"
+    assert labels.tolist() == [0] * 6 + [1] * 4
