@@ -68,6 +68,53 @@ def encode(
 
 
 @app.command()
+def train(
+    cache: str = typer.Option(..., "--cache", "-c", help="Latent cache folder (from `liquidgen encode`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
+    model: str = typer.Option("small", "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M)."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Global batch size (split across processes)."),
+    steps: int = typer.Option(100_000, help="Total optimizer steps."),
+    lr: float = typer.Option(2e-4, help="Peak learning rate (AdamW, linear warmup)."),
+    warmup: int = typer.Option(1000, help="Warmup steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+    cfc: Optional[str] = typer.Option(None, help="CfC variant: paper (default), timegate or static."),
+    relax: Optional[bool] = typer.Option(None, "--relax/--no-relax", help="Liquid relaxation residuals (default on)."),
+    global_path: Optional[bool] = typer.Option(None, "--global-path/--no-global-path", help="Pooled channel gate (default on)."),
+    kernels: Optional[str] = typer.Option(None, help="Depthwise kernel sizes, e.g. 3,5,7 (default) or 3."),
+    ema: float = typer.Option(0.999, help="EMA decay (with warm-up)."),
+    log_every: int = typer.Option(50, help="Steps between metrics records."),
+    ckpt_every: int = typer.Option(2000, help="Steps between checkpoints."),
+    preview_every: Optional[int] = typer.Option(None, help="Steps between preview grids (default: with checkpoints; 0: never)."),
+    preview_n: int = typer.Option(16, help="Images in a preview grid."),
+    seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
+    memory_limit_gb: float = typer.Option(4.0, help="Caches bigger than this (float32) are streamed shard by shard."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    device: str = typer.Option("auto", help="auto or cpu."),
+) -> None:
+    """Train the liquid backbone with rectified flow on a latent cache (no VAE in the loop)."""
+    from liquidgen.pipeline.train import TrainConfig, train as run
+
+    cfg = TrainConfig(
+        cache=cache, out=str(out), model=model, batch_size=batch_size, steps=steps, lr=lr, warmup=warmup,
+        resume=resume, cfc=cfc, relax=relax, global_path=global_path,
+        kernels=tuple(int(k) for k in kernels.split(",")) if kernels else None, ema=ema,
+        log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
+        seed=seed, memory_limit_gb=memory_limit_gb, compile=compile, device=device,
+    )
+    result = run(cfg)
+    console.print(f"{out}: step {result.step} in {result.seconds:.0f}s; checkpoints in {out}/checkpoints, "
+                  f"metrics in {out}/metrics.jsonl" + (f", previews in {out}/previews" if result.previews else ""))
+
+
+@app.command()
+def plot(run: Path = typer.Argument(..., help="Run folder.")) -> None:
+    """Draw a run's loss curve to RUN/loss.png."""
+    from liquidgen.pipeline.plot import plot_run
+
+    console.print(f"wrote {plot_run(run)}")
+
+
+@app.command()
 def presets() -> None:
     """List the dataset and VAE presets."""
     from liquidgen.pipeline.sources import PRESETS

@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmarks: where the shared data is, a machine description, timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIQUIDGEN_SHARED", ROOT.parent / "shared"))
+PAINTINGS = SHARED / "data" / "paintings"
+TAEF2 = SHARED / "weights" / "taef2"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} ({os.cpu_count()} CPU cores), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores ({cpu}), no GPU, torch {torch.__version__}"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def subset(folder: Path, per_class: int) -> Path:
+    """`per_class` paintings of each style, symlinked into `folder`."""
+    for style in sorted(p.name for p in PAINTINGS.iterdir() if p.is_dir()):
+        (folder / style).mkdir(parents=True, exist_ok=True)
+        for f in sorted((PAINTINGS / style).iterdir())[:per_class]:
+            if not (folder / style / f.name).exists():
+                (folder / style / f.name).symlink_to(f)
+    return folder
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Timer:
+    def __init__(self, device="cpu"):
+        self.device = device
+
+    def __enter__(self):
+        sync(self.device)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        sync(self.device)
+        self.seconds = time.perf_counter() - self.t0

@@ -1,0 +1,62 @@
+"""`make bench`: run the benchmarks, keep their results as JSON, rewrite docs/benchmarks.md.
+
+    python benchmarks/run.py                 # all, small enough for 2 CPU cores
+    python benchmarks/run.py --only encode   # one section; the others are re-rendered from JSON
+    python benchmarks/run.py --full          # the GPU-sized settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ROOT, commit, machine  # noqa: E402
+
+SECTIONS = {  # name -> (module, title)
+    "encode": ("encode_throughput", "Encode throughput and storage"),
+    "train": ("train_throughput", "Training throughput: loader overhead and what caching saves"),
+    "backbone": ("backbone_cost", "Backbone cost per step against diffusers baselines"),
+}
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=list(SECTIONS))
+    parser.add_argument("--full", action="store_true", help="GPU-sized settings")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.only or list(SECTIONS):
+        module = importlib.import_module(SECTIONS[name][0])
+        print(f"== {name}", flush=True)
+        t0 = time.time()
+        result = module.run(full=args.full, device=args.device)
+        meta = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "commit": commit(),
+                "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0)}
+        (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "result": result}, indent=1))
+        print(module.markdown(result))
+    render()
+
+
+def render() -> None:
+    parts = ["# Benchmarks\n\nEvery figure below comes from `make bench` (or the command shown), on the machine, "
+             "commit and date shown. Rerunning updates this file. Tests never time anything.\n"]
+    for name, (mod, title) in SECTIONS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        meta = data["meta"]
+        parts.append(f"## {title}\n\n`{meta['command']}` at commit `{meta['commit']}` on {meta['machine']}, "
+                     f"{meta['date']} ({meta['seconds']} s).\n\n" + importlib.import_module(mod).markdown(data["result"]))
+    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The liquid U-Net: attention-free, for latents of any channel count and size.
+
+Configs are plain data (`LiquidUNetConfig`), named sizes live in `SIZES`, and a checkpoint
+stores the config as JSON next to safetensors weights, as diffusers does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from liquidgen.backbone.blocks import LiquidBlock, groups_for
+
+
+@dataclass
+class LiquidUNetConfig:
+    in_channels: int = 32
+    channels: tuple[int, ...] = (64, 128, 256)
+    blocks: tuple[int, ...] = (1, 1, 2)  # liquid blocks per level, encoder side (decoder mirrors)
+    mid_blocks: int = 2
+    num_classes: int = 0  # 0: unconditional; else one extra "null" class for guidance
+    cfc: str = "paper"  # paper | timegate | static
+    kernels: tuple[int, ...] = (3, 5, 7)
+    global_path: bool = True
+    relax: bool = True
+    cond_dim: int = 0  # 0: 4 × channels[0]
+    grad_checkpoint: bool = False
+
+    def __post_init__(self):
+        self.channels, self.blocks, self.kernels = tuple(self.channels), tuple(self.blocks), tuple(self.kernels)
+        if len(self.channels) != len(self.blocks):
+            raise ValueError("channels and blocks need one entry per level")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# Roughly the sizes the reference designs name (LiquidDiffusion tiny/small/base/large).
+SIZES: dict[str, LiquidUNetConfig] = {
+    "nano": LiquidUNetConfig(channels=(32, 64), blocks=(1, 1), mid_blocks=1),  # tests and CPU smoke runs
+    "tiny": LiquidUNetConfig(channels=(64, 128, 192), blocks=(1, 1, 2), mid_blocks=1),  # ~8M
+    "small": LiquidUNetConfig(channels=(96, 192, 384), blocks=(1, 2, 2), mid_blocks=2),  # ~30M
+    "base": LiquidUNetConfig(channels=(128, 256, 512), blocks=(2, 2, 3), mid_blocks=2),  # ~69M
+    "large": LiquidUNetConfig(channels=(192, 384, 768), blocks=(2, 2, 3), mid_blocks=2, grad_checkpoint=True),  # ~154M
+}
+
+
+def model_config(size: str, **overrides) -> LiquidUNetConfig:
+    if size not in SIZES:
+        raise KeyError(size)
+    return replace(SIZES[size], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of t ∈ [0, 1] (scaled by 1000, as diffusion models expect)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class LiquidUNet(nn.Module):
+    """Predicts the rectified-flow velocity ``ε − x0`` from ``x_t``, ``t`` and an optional class."""
+
+    def __init__(self, config: LiquidUNetConfig):
+        super().__init__()
+        self.config = c = config
+        ch = c.channels
+        cond_dim = c.cond_dim or 4 * ch[0]
+        self.time_mlp = nn.Sequential(nn.Linear(ch[0], cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        self.class_emb = nn.Embedding(c.num_classes + 1, cond_dim) if c.num_classes else None
+        self.stem = nn.Conv2d(c.in_channels, ch[0], 3, padding=1)
+
+        def block(dim: int) -> LiquidBlock:
+            return LiquidBlock(dim, cond_dim, c.cfc, c.kernels, c.global_path, c.relax)
+
+        self.down = nn.ModuleList(nn.ModuleList(block(d) for _ in range(n)) for d, n in zip(ch, c.blocks))
+        self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i + 1], 3, stride=2, padding=1) for i in range(len(ch) - 1))
+        self.mid = nn.ModuleList(block(ch[-1]) for _ in range(c.mid_blocks))
+        self.upsample = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i], 3, padding=1) for i in range(len(ch) - 1))
+        self.fuse = nn.ModuleList(nn.Conv2d(2 * d, d, 1) for d in ch)
+        self.up = nn.ModuleList(nn.ModuleList(block(d) for _ in range(n)) for d, n in zip(ch, c.blocks))
+        self.out_norm = nn.GroupNorm(groups_for(ch[0]), ch[0])
+        self.out = nn.Conv2d(ch[0], c.in_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def _run(self, blk: LiquidBlock, x, t, cond):
+        if self.config.grad_checkpoint and self.training:
+            return checkpoint(blk, x, t, cond, use_reentrant=False)
+        return blk(x, t, cond)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cond = self.time_mlp(timestep_embedding(t, self.config.channels[0]))
+        if self.class_emb is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
+            cond = cond + self.class_emb(labels)
+        h = self.stem(x)
+        skips = []
+        for level, blocks in enumerate(self.down):
+            for blk in blocks:
+                h = self._run(blk, h, t, cond)
+            skips.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)
+        for blk in self.mid:
+            h = self._run(blk, h, t, cond)
+        for level in reversed(range(len(self.up))):
+            if level < len(self.upsample):
+                h = self.upsample[level](F.interpolate(h, size=skips[level].shape[-2:], mode="nearest"))
+            h = self.fuse[level](torch.cat([h, skips[level]], dim=1))
+            for blk in self.up[level]:
+                h = self._run(blk, h, t, cond)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,83 @@
+"""Run folders and checkpoints, without pickle.
+
+    runs/NAME/config.json                     resolved train config, model config, cache identity
+    runs/NAME/metrics.jsonl                   one record per logged step
+    runs/NAME/checkpoints/step-000500/        model.safetensors, ema.safetensors, state.pt, meta.json
+    runs/NAME/checkpoints/latest              the name of the newest complete checkpoint
+    runs/NAME/previews/step-000500.png        EMA samples decoded by the VAE
+    runs/NAME/loss.png                        the loss curve
+
+A checkpoint directory is written under a temporary name and renamed, and `latest` is updated
+last, so a run killed mid-save resumes from the previous checkpoint. `state.pt` (optimizer,
+scheduler, RNG and data position) holds only tensors and plain containers and is read with
+`torch.load(weights_only=True)`; weights are safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from liquidgen.cache.manifest import write_json_atomic
+from liquidgen.errors import LiquidgenError
+
+
+def checkpoint_dir(run: Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    pointer = checkpoint_dir(run) / "latest"
+    if not pointer.exists():
+        return None
+    path = checkpoint_dir(run) / pointer.read_text().strip()
+    return path if (path / "meta.json").exists() else None
+
+
+def save_checkpoint(run: Path, step: int, model: torch.nn.Module, ema: torch.nn.Module,
+                    state: dict, keep: int = 2) -> Path:
+    root = checkpoint_dir(run)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (root / ".latest.tmp").write_text(final.name)
+        os.replace(root / ".latest.tmp", root / "latest")
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LiquidgenError(f"cannot write checkpoint {final}: {exc.strerror or exc}") from None
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_weights(path: Path, name: str = "ema") -> dict[str, torch.Tensor]:
+    return load_file(str(Path(path) / f"{name}.safetensors"))
+
+
+def load_state(path: Path) -> dict:
+    return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def write_run_config(run: Path, config: dict) -> None:
+    Path(run).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(run) / "config.json", config)
+
+
+def read_run_config(run: Path) -> dict:
+    path = Path(run) / "config.json"
+    if not path.exists():
+        raise LiquidgenError(f"{run} is not a liquidgen run (no config.json)")
+    return json.loads(path.read_text())

@@ -1,0 +1,277 @@
+"""Stage 2: train the liquid backbone with rectified flow on a latent cache.
+
+Only tensors are loaded: the latents, normalized by the manifest's statistics. The VAE is
+loaded when a preview is decoded and released right after. The loop is deliberately one
+function you can read top to bottom.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from liquidgen.backbone.unet import SIZES, LiquidUNet, count_parameters, model_config
+from liquidgen.cache.loader import open_latents
+from liquidgen.errors import LiquidgenError
+from liquidgen.pipeline import checkpoint as ckpt
+from liquidgen.pipeline.sample import image_grid, sample_latents
+
+
+@dataclass
+class TrainConfig:
+    cache: str
+    out: str
+    model: str = "small"
+    cfc: str | None = None  # override the size's CfC variant: paper | timegate | static
+    relax: bool | None = None
+    global_path: bool | None = None
+    kernels: tuple[int, ...] | None = None
+    batch_size: int = 256
+    steps: int = 100_000
+    lr: float = 2e-4
+    warmup: int = 1000
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    class_dropout: float = 0.1
+    log_every: int = 50
+    ckpt_every: int = 2000
+    preview_every: int | None = None  # None: with every checkpoint; 0: never
+    preview_n: int = 16
+    preview_steps: int = 25
+    cfg_scale: float = 2.0
+    seed: int = 0
+    resume: bool = False
+    memory_limit_gb: float = 4.0  # caches larger than this (as float32) are streamed
+    compile: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    step: int
+    losses: list[float] = field(default_factory=list)  # every step's loss, this process
+    parameters: int = 0
+    seconds: float = 0.0
+    previews: list[Path] = field(default_factory=list)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases, gates and other 1-D parameters."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _check_memory(config, device: torch.device) -> int:
+    """Weights, gradients, Adam moments and EMA take ~20 bytes a parameter: refuse what cannot fit."""
+    with torch.device("meta"):
+        params = count_parameters(LiquidUNet(config))
+    need = params * 20
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+            free = int(meminfo["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            return params
+    if need > free:
+        raise LiquidgenError(
+            f"the model has {params / 1e6:.0f}M parameters and needs ~{need / 2**30:.1f} GB for weights and "
+            f"optimizer state alone; {device} has {free / 2**30:.1f} GB free: pick a smaller --model"
+        )
+    return params
+
+
+def _cache_identity(data) -> dict:
+    m = data.manifest
+    stats = json.dumps(m["stats"]["mean"] + m["stats"]["std"]).encode()
+    return {"path": str(Path(data.cache.root).resolve()), "count": m["count"], "vae": m["vae"]["id"],
+            "latent_shape": m["storage"]["latent_shape"], "label_names": m["label_names"],
+            "stats_sha256": hashlib.sha256(stats).hexdigest()[:16]}
+
+
+def _check_resume(run: Path, config: dict) -> None:
+    old = ckpt.read_run_config(run)
+    if old["model"] != config["model"]:
+        diff = [k for k in config["model"] if old["model"].get(k) != config["model"][k]]
+        raise LiquidgenError(f"{run} was trained with another model ({', '.join(diff)} differ); "
+                             f"resume with --model {old['train']['model']} or use a new --out")
+    if old["cache"] != config["cache"]:
+        diff = [k for k in config["cache"] if old["cache"].get(k) != config["cache"][k]]
+        raise LiquidgenError(f"{run} was trained on another cache ({', '.join(diff)} differ: "
+                             f"{old['cache']['path']}); resume with that --cache or use a new --out")
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    from accelerate import Accelerator
+
+    if cfg.model not in SIZES:
+        raise LiquidgenError(f"unknown --model {cfg.model!r}; sizes: {', '.join(SIZES)}")
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    run = Path(cfg.out)
+
+    data = open_latents(cfg.cache, cfg.batch_size, cfg.memory_limit_gb, seed=cfg.seed, rank=rank,
+                        world=world, device=device if cuda else "cpu")
+    mconf = model_config(cfg.model, in_channels=data.shape[0], num_classes=data.num_classes, cfc=cfg.cfc,
+                         relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels)
+    params = _check_memory(mconf, device)
+    config = {"train": asdict(cfg), "model": mconf.to_dict(), "cache": _cache_identity(data)}
+
+    start_step, state = 0, None
+    latest = ckpt.latest_checkpoint(run)
+    if cfg.resume:
+        if latest is None:
+            raise LiquidgenError(f"nothing to resume in {run}: no checkpoint there")
+        _check_resume(run, config)
+        state = ckpt.load_state(latest)
+        start_step = int(state["step"])
+    elif latest is not None:
+        raise LiquidgenError(f"{run} already holds a run (checkpoint {latest.name}); pass --resume or another --out")
+    if start_step >= cfg.steps:
+        raise LiquidgenError(f"{run} is already at step {start_step}; raise --steps to train further")
+
+    torch.manual_seed(cfg.seed)
+    model = LiquidUNet(mconf)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
+    def warmup(s: int) -> float:
+        return min(1.0, (s + 1) / max(cfg.warmup, 1))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
+    if state is not None:
+        model.load_state_dict(ckpt.load_weights(latest, "model"))
+        ema.load_state_dict(ckpt.load_weights(latest, "ema"))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)  # --lr may change on resume
+        for group in optimizer.param_groups:
+            group["initial_lr"] = cfg.lr
+            group["lr"] = cfg.lr * warmup(start_step)
+        gen.set_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+    ema.to(device)
+    if cfg.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+
+    if accelerator.is_main_process:
+        ckpt.write_run_config(run, config)
+        accelerator.print(f"{cfg.model}: {params / 1e6:.2f}M parameters, {data.count} latents "
+                          f"{'x'.join(map(str, data.shape))}, {data.num_classes or 'no'} classes, "
+                          f"{world} process(es), {type(data).__name__}")
+    preview_every = cfg.ckpt_every if cfg.preview_every is None else cfg.preview_every
+    result = TrainResult(run, start_step, parameters=params)
+    spe = data.steps_per_epoch()
+    step, t0, log_t0, log_loss, log_n = start_step, time.time(), time.time(), torch.zeros((), device=device), 0
+    bar = tqdm(total=cfg.steps, initial=start_step, unit="step", disable=not (cfg.progress and accelerator.is_local_main_process))
+    metrics = (run / "metrics.jsonl").open("a") if accelerator.is_main_process else None
+    try:
+        while step < cfg.steps:
+            epoch, skip = divmod(step, spe)
+            for x0, labels in data.batches(epoch, skip=skip):
+                x0 = x0.to(device, non_blocking=True)
+                t = torch.sigmoid(torch.randn(len(x0), generator=gen, device=device))  # logit-normal(0, 1)
+                noise = torch.randn(x0.shape, generator=gen, device=device)
+                drop = torch.rand(len(x0), generator=gen, device=device) < cfg.class_dropout
+                y = torch.where(drop, raw.null_class, labels.to(device)) if data.num_classes else None
+                xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+                with accelerator.autocast():
+                    v = model(xt, t, y)
+                loss = F.mse_loss(v.float(), noise - x0)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    decay = min(cfg.ema, (1 + step) / (10 + step))  # warm-up EMA
+                    for pe, pm in zip(ema.parameters(), raw.parameters()):
+                        pe.lerp_(pm.detach(), 1 - decay)
+                step += 1
+                log_loss += loss.detach()
+                log_n += 1
+                if not cuda:  # free on CPU; on a GPU checked at log and checkpoint steps
+                    result.losses.append(loss.item())
+                last = step == cfg.steps
+                if step % cfg.log_every == 0 or last or step % cfg.ckpt_every == 0:
+                    mean_loss = accelerator.reduce(log_loss, "mean").item() / log_n
+                    if not math.isfinite(mean_loss):
+                        good = ckpt.latest_checkpoint(run)
+                        raise LiquidgenError(
+                            f"the loss became {mean_loss} by step {step}; training stopped. Last good "
+                            f"checkpoint: {good if good else 'none (nothing was saved)'}; "
+                            "resume from it with --resume, perhaps with a lower --lr")
+                    now = time.time()
+                    record = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                              "steps_per_s": log_n / (now - log_t0),
+                              "latents_per_s": log_n * cfg.batch_size / (now - log_t0), "epoch": epoch}
+                    if metrics:
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lat_s=f"{record['latents_per_s']:.0f}", refresh=False)
+                    log_loss, log_n, log_t0 = torch.zeros((), device=device), 0, now
+                if step % cfg.ckpt_every == 0 or last:
+                    if accelerator.is_main_process:
+                        states = [g.get_state() for g in [gen]]
+                        ckpt.save_checkpoint(run, step, raw, ema, {
+                            "step": step, "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "rng": states})
+                        _plot(run)
+                    accelerator.wait_for_everyone()
+                if preview_every and (step % preview_every == 0 or last) and accelerator.is_main_process:
+                    result.previews.append(preview(ema, data, run, step, cfg, device))
+                bar.update(1)
+                if last:
+                    break
+    finally:
+        bar.close()
+        if metrics:
+            metrics.close()
+    result.step, result.seconds = step, time.time() - t0
+    return result
+
+
+def preview(ema, data, run: Path, step: int, cfg: TrainConfig, device) -> Path:
+    """Sample with the EMA weights and decode with the cache's VAE, loaded now and freed after."""
+    from liquidgen.pipeline.vae import load_vae
+
+    n = cfg.preview_n
+    labels = torch.arange(n, device=device) % data.num_classes if data.num_classes else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    z, _ = sample_latents(ema, n, data.shape, labels, cfg.preview_steps, cfg.cfg_scale, generator=gen, device=device)
+    vae = load_vae(data.manifest["vae"], device=device)
+    try:
+        images = torch.cat([vae.decode(data.denormalize(chunk)) for chunk in z.split(16)])
+    finally:
+        del vae
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    path = run / "previews" / f"step-{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, cols=int(math.ceil(math.sqrt(n)))).save(path)
+    return path
+
+
+def _plot(run: Path) -> None:
+    from liquidgen.pipeline.plot import plot_run
+
+    try:
+        plot_run(run)
+    except Exception as exc:  # a plot must never stop training
+        print(f"(loss plot skipped: {exc})")

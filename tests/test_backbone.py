@@ -1,0 +1,52 @@
+"""The liquid backbone: shapes, conditioning, the CfC variants and the relaxation guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from liquidgen.backbone.blocks import Relaxation
+from liquidgen.backbone.unet import SIZES, LiquidUNet, LiquidUNetConfig, count_parameters, model_config
+
+
+@pytest.mark.parametrize("channels, size", [(4, 32), (16, 12), (32, 16), (32, 7)])
+def test_any_channel_count_and_size(channels, size):
+    model = LiquidUNet(model_config("nano", in_channels=channels, num_classes=3))
+    x = torch.randn(2, channels, size, size)
+    out = model(x, torch.rand(2), torch.tensor([0, 2]))
+    assert out.shape == x.shape
+
+
+def test_a_new_network_predicts_zero_and_every_variant_gets_gradients():
+    for cfc in ("paper", "timegate", "static"):
+        model = LiquidUNet(model_config("nano", cfc=cfc, num_classes=2))
+        x = torch.randn(3, 32, 8, 8)
+        out = model(x, torch.rand(3), torch.tensor([0, 1, 2]))  # 2 = the null class
+        assert torch.count_nonzero(out) == 0  # zero-initialised head: training starts stable
+        torch.nn.functional.mse_loss(out, x).backward()
+        assert model.out.weight.grad.abs().sum() > 0
+
+
+def test_relaxation_never_collapses_to_the_identity_at_the_clean_end():
+    relax = Relaxation(8)
+    x, out = torch.zeros(2, 8, 4, 4), torch.ones(2, 8, 4, 4)
+    with torch.no_grad():
+        relax.rho.fill_(10.0)  # the seeds' α = exp(-λt) → 1 as t → 0
+    y = relax(x, out, torch.zeros(2))
+    assert y.min() >= 0.49  # at least 1 − σ(cap) = 0.5 of the update gets through
+
+
+def test_named_sizes_span_the_reference_designs():
+    with torch.device("meta"):
+        params = {name: count_parameters(LiquidUNet(cfg)) for name, cfg in SIZES.items()}
+    assert params["nano"] < 1e6 < params["tiny"] < 12e6 < params["small"] < 40e6 < params["base"] < 100e6
+    assert 120e6 < params["large"] < 180e6
+
+
+def test_class_conditioning_changes_the_output():
+    torch.manual_seed(0)
+    model = LiquidUNet(LiquidUNetConfig(channels=(16, 32), blocks=(1, 1), mid_blocks=1, num_classes=4, in_channels=4))
+    for p in model.parameters():  # move off the zero init so conditioning is visible
+        torch.nn.init.normal_(p, std=0.05)
+    x, t = torch.randn(1, 4, 8, 8), torch.full((1,), 0.5)
+    assert not torch.allclose(model(x, t, torch.tensor([0])), model(x, t, torch.tensor([1])))

@@ -1,0 +1,128 @@
+"""Training on a real latent cache (40 paintings, TAEF2, 64 px): the loss falls, every CfC
+variant trains, a resumed run repeats an uninterrupted one exactly, the VAE stays out of the
+loop, and bad situations stop with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TAEF2, run_cli
+from liquidgen.backbone.unet import LiquidUNetConfig
+from liquidgen.cache.store import CacheDir
+from liquidgen.errors import LiquidgenError
+from liquidgen.pipeline.encode import EncodeConfig, encode
+from liquidgen.pipeline.train import TrainConfig, _check_memory, train
+
+
+@pytest.fixture(scope="module")
+def cache40(paintings40, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache40") / "c"
+    encode(EncodeConfig(str(paintings40), str(out), vae=str(TAEF2), resolution=64, shard_size=16,
+                        batch_size=8, workers=1, progress=False))
+    return out
+
+
+def tcfg(cache, out, **kw) -> TrainConfig:
+    defaults = dict(model="nano", batch_size=8, steps=24, lr=2e-3, warmup=4, log_every=4, ckpt_every=12,
+                    preview_every=0, progress=False)
+    return TrainConfig(cache=str(cache), out=str(out), **{**defaults, **kw})
+
+
+@pytest.mark.parametrize("cfc", ["paper", "timegate", "static"])
+def test_the_loss_falls_for_every_cfc_variant(cache40, tmp_path, cfc):
+    result = train(tcfg(cache40, tmp_path / "run", cfc=cfc, steps=40))
+    losses = np.array(result.losses)
+    assert len(losses) == 40 and np.isfinite(losses).all()
+    assert losses[-10:].mean() < 0.9 * losses[:5].mean(), losses
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(4, 41, 4))
+    assert all({"step", "loss", "lr", "latents_per_s"} <= r.keys() for r in records)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["cfc"] == cfc and config["model"]["num_classes"] == 5
+
+
+def test_resume_repeats_an_uninterrupted_run_exactly(cache40, tmp_path):
+    whole = train(tcfg(cache40, tmp_path / "whole"))
+    train(tcfg(cache40, tmp_path / "parts", steps=12))
+    resumed = train(tcfg(cache40, tmp_path / "parts", resume=True))
+    assert resumed.losses == whole.losses[12:]  # bit for bit on CPU
+    assert (tmp_path / "parts" / "checkpoints" / "latest").read_text() == "step-0000024"
+
+
+def test_the_vae_is_loaded_only_for_previews(paintings40, tmp_path):
+    vae = tmp_path / "vae"
+    shutil.copytree(TAEF2, vae)
+    encode(EncodeConfig(str(paintings40), str(tmp_path / "c"), vae=str(vae), resolution=64, shard_size=16,
+                        limit=16, workers=0, progress=False))
+    shutil.rmtree(vae)  # from here on, any attempt to load the VAE fails
+    result = train(tcfg(tmp_path / "c", tmp_path / "run", steps=8, ckpt_every=4))
+    assert result.step == 8 and not result.previews
+    with pytest.raises(LiquidgenError, match="unknown VAE"):
+        train(tcfg(tmp_path / "c", tmp_path / "run2", steps=8, ckpt_every=4, preview_every=4))
+    shutil.copytree(TAEF2, vae)
+    result = train(tcfg(tmp_path / "c", tmp_path / "run3", steps=4, ckpt_every=4, preview_every=4, preview_n=4))
+    assert [p.name for p in result.previews] == ["step-0000004.png"]
+    assert (tmp_path / "run3" / "loss.png").exists()
+
+
+def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(cache40, tmp_path):
+    train(tcfg(cache40, tmp_path / "run", steps=8, ckpt_every=4))
+    with pytest.raises(LiquidgenError, match=r"loss became (nan|inf) by step 1[02]; training stopped.*step-0000008"):
+        train(tcfg(cache40, tmp_path / "run", steps=16, resume=True, lr=1e30))
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    assert latest == "step-0000008"
+    assert train(tcfg(cache40, tmp_path / "run", steps=12, resume=True)).step == 12  # it still resumes
+
+
+def test_refusals(cache40, tmp_path, paintings40):
+    train(tcfg(cache40, tmp_path / "run", steps=4, ckpt_every=4))
+    with pytest.raises(LiquidgenError, match="already holds a run"):
+        train(tcfg(cache40, tmp_path / "run", steps=8))
+    with pytest.raises(LiquidgenError, match="another model"):
+        train(tcfg(cache40, tmp_path / "run", steps=8, resume=True, model="tiny"))
+    other = tmp_path / "other"
+    encode(EncodeConfig(str(paintings40), str(other), vae=str(TAEF2), resolution=64, limit=16, workers=0, progress=False))
+    with pytest.raises(LiquidgenError, match="another cache"):
+        train(tcfg(other, tmp_path / "run", steps=8, resume=True))
+    with pytest.raises(LiquidgenError, match="nothing to resume"):
+        train(tcfg(cache40, tmp_path / "fresh", resume=True))
+    with pytest.raises(LiquidgenError, match="pick a smaller --model"):
+        import torch
+
+        _check_memory(LiquidUNetConfig(channels=(4096, 8192, 16384), blocks=(2, 2, 2)), torch.device("cpu"))
+
+
+def test_an_unfinished_or_empty_cache_is_refused(paintings40, tmp_path):
+    encode(EncodeConfig(str(paintings40), str(tmp_path / "c"), vae=str(TAEF2), resolution=64, limit=8, workers=0, progress=False))
+    cache = CacheDir(tmp_path / "c")
+    manifest = cache.manifest()
+    manifest["complete"] = False
+    cache.write_manifest(manifest)
+    with pytest.raises(LiquidgenError, match="encode did not finish"):
+        train(tcfg(tmp_path / "c", tmp_path / "run"))
+    empty = tmp_path / "junk"
+    empty.mkdir()
+    (empty / "a.jpg").write_text("not an image")
+    encode(EncodeConfig(str(empty), str(tmp_path / "e"), vae=str(TAEF2), resolution=64, workers=0, progress=False))
+    result = run_cli("train", "--cache", str(tmp_path / "e"), "--out", str(tmp_path / "run"), "--model", "nano")
+    assert result.returncode == 1 and "holds no latents" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_processes_train_one_run(cache40, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "liquidgen", "train",
+           "--cache", str(cache40), "--out", str(tmp_path / "run"), "--model", "nano", "--batch-size", "8",
+           "--steps", "6", "--log-every", "2", "--ckpt-every", "6", "--preview-every", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]  # written once, by rank 0
+    assert "2 process(es)" in done.stdout
+    assert (tmp_path / "run" / "checkpoints" / "step-0000006" / "ema.safetensors").exists()
