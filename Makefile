@@ -7,8 +7,13 @@ VAE     ?= flux
 RES     ?= 256
 FORMAT  ?= zarr
 CACHE   ?= cache/$(DATASET)
+RUN     ?= runs/$(DATASET)
+MODEL   ?= small
+BATCH   ?= 256
+STEPS   ?= 100000
+N       ?= 64
 
-.PHONY: install cache info verify test test-all bench clean
+.PHONY: install cache info verify train resume sample test test-all bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +32,15 @@ info:
 
 verify:
 	$(BIN)/liquidgen cache verify $(CACHE)
+
+train:  ## train on cache/$(DATASET) into runs/$(DATASET); rerun with `make resume`
+	$(BIN)/liquidgen train --cache $(CACHE) --out $(RUN) --model $(MODEL) --batch-size $(BATCH) --steps $(STEPS)
+
+resume:
+	$(BIN)/liquidgen train --cache $(CACHE) --out $(RUN) --model $(MODEL) --batch-size $(BATCH) --steps $(STEPS) --resume
+
+sample:  ## $(N) images from runs/$(DATASET) into samples/$(DATASET)
+	$(BIN)/liquidgen sample --run $(RUN) --n $(N) --out samples/$(DATASET)
 
 test:  ## the CI suite (fast, CPU, real VAE and real paintings from ../shared)
 	$(BIN)/python -m pytest -q

@@ -107,6 +107,51 @@ def train(
 
 
 @app.command()
+def sample(
+    run: Path = typer.Option(..., "--run", help="Run folder (from `liquidgen train`)."),
+    out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for PNGs (or a .safetensors file with --latents-only)."),
+    n: int = typer.Option(16, "--n", "-n", help="How many images."),
+    steps: int = typer.Option(50, help="Sampler steps (Euler: one model call each; Heun: about two)."),
+    cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance scale (1 = off)."),
+    guidance_interval: str = typer.Option("0,0.75", help="Apply guidance only for t in LO,HI (t=1 is pure noise)."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="Class name (default: cycle through all)."),
+    sampler: str = typer.Option("euler", help="euler or heun (diffusers' flow-matching schedulers)."),
+    seed: int = typer.Option(0, help="Same seed, same images."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per model batch."),
+    latents_only: bool = typer.Option(False, "--latents-only", help="Write raw latents (safetensors), no VAE."),
+    checkpoint: Optional[str] = typer.Option(None, help="A checkpoint folder name (step-XXXXXXX); default the latest."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+) -> None:
+    """Generate images from a trained run's EMA weights: PNGs, a grid and the settings used."""
+    from liquidgen.pipeline.sample import SampleConfig, sample as run_sample
+
+    lo, hi = (float(v) for v in guidance_interval.split(","))
+    result = run_sample(SampleConfig(
+        run=str(run), out=str(out), n=n, steps=steps, cfg_scale=cfg, guidance_interval=(lo, hi),
+        class_name=class_name, sampler=sampler, seed=seed, batch_size=batch_size, latents_only=latents_only,
+        checkpoint=checkpoint, device=device))
+    what = f"{n} latents to {result.out}" if latents_only else f"{n} images and {result.grid} to {result.out}"
+    console.print(f"wrote {what} ({result.model_calls} model calls per batch, {result.seconds:.1f}s)")
+
+
+@app.command()
+def decode(
+    source: str = typer.Argument(..., help="A latents .safetensors file (from sample --latents-only), a cache folder, or a .npy file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs and grid.png."),
+    limit: Optional[int] = typer.Option(16, help="Decode at most this many (from the start)."),
+    keys: Optional[str] = typer.Option(None, help="Comma-separated cache keys to decode instead of the first ones."),
+    vae: Optional[str] = typer.Option(None, help="VAE to use (required for a bare .npy; default: the one the latents name)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+) -> None:
+    """Decode latents to PNGs with the VAE they were made with (loaded only now)."""
+    from liquidgen.pipeline.decode import DecodeConfig, decode as run_decode
+
+    paths = run_decode(DecodeConfig(source=source, out=str(out), limit=limit, keys=keys.split(",") if keys else None,
+                                    vae=vae, device=device))
+    console.print(f"wrote {len(paths)} images and {out}/grid.png")
+
+
+@app.command()
 def plot(run: Path = typer.Argument(..., help="Run folder.")) -> None:
     """Draw a run's loss curve to RUN/loss.png."""
     from liquidgen.pipeline.plot import plot_run

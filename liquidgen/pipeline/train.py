@@ -130,7 +130,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     mconf = model_config(cfg.model, in_channels=data.shape[0], num_classes=data.num_classes, cfc=cfg.cfc,
                          relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels)
     params = _check_memory(mconf, device)
-    config = {"train": asdict(cfg), "model": mconf.to_dict(), "cache": _cache_identity(data)}
+    config = {"train": asdict(cfg), "model": mconf.to_dict(), "cache": _cache_identity(data),
+              # what sampling needs without the cache: undo normalization, name classes, decode
+              "latents": {"shape": list(data.shape), "mean": data.manifest["stats"]["mean"][: data.shape[0]],
+                          "std": data.manifest["stats"]["std"][: data.shape[0]],
+                          "label_names": data.manifest["label_names"], "vae": data.manifest["vae"]}}
 
     start_step, state = 0, None
     latest = ckpt.latest_checkpoint(run)

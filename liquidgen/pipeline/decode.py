@@ -1,0 +1,101 @@
+"""`liquidgen decode`: latents back to pictures, from a `sample --latents-only` file, a cache,
+or a single `.npy`. The VAE is the one the latents name (manifest or file metadata)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from liquidgen.errors import LiquidgenError
+from liquidgen.pipeline.sample import image_grid, save_images
+
+
+@dataclass
+class DecodeConfig:
+    source: str
+    out: str
+    limit: int | None = 16
+    keys: list[str] | None = None
+    vae: str | None = None  # needed for a bare .npy; overrides what the latents name
+    batch_size: int = 16
+    device: str = "auto"
+
+
+def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) -> torch.Tensor:
+    """Raw (unnormalized) latents -> RGB in [0, 1], with the VAE loaded now and dropped after."""
+    from liquidgen.pipeline.vae import load_vae
+
+    vae = load_vae(vae_spec, device=device)
+    if raw.shape[1] != vae.latent_channels:
+        raise LiquidgenError(f"the latents have {raw.shape[1]} channels but the VAE {vae.info['id']} "
+                             f"expects {vae.latent_channels}")
+    try:
+        return torch.cat([vae.decode(chunk.to(device)).cpu() for chunk in raw.split(batch_size)])
+    finally:
+        del vae
+
+
+def _from_cache(cfg: DecodeConfig) -> tuple[torch.Tensor, dict, list[str]]:
+    from liquidgen.cache.shards import dequantize
+    from liquidgen.cache.store import CacheDir, require_complete
+
+    manifest = require_complete(cfg.source)
+    cache, st = CacheDir(cfg.source), manifest["storage"]
+    wanted = set(cfg.keys or [])
+    lat, keys = [], []
+    for shard in manifest["shards"]:
+        data = cache.read(shard["name"], st["backend"])
+        for i, key in enumerate(data.keys):
+            if (wanted and key in wanted) or (not wanted and len(keys) < (cfg.limit or len(data.keys) + len(keys))):
+                lat.append(dequantize(data.latents[i : i + 1], st["dtype"], st.get("quant")))
+                keys.append(key)
+        if not wanted and cfg.limit and len(keys) >= cfg.limit:
+            break
+    if wanted and (missing := wanted - set(keys)):
+        raise LiquidgenError(f"{cfg.source} has no key {sorted(missing)[0]!r}")
+    raw = torch.from_numpy(np.concatenate(lat))
+    if st["stored"] == "moments":
+        raw = raw[:, : raw.shape[1] // 2]  # decode the mean
+    return raw, manifest["vae"], keys
+
+
+def decode(cfg: DecodeConfig) -> list[Path]:
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    src = Path(cfg.source)
+    if src.is_dir():
+        raw, vae, _ = _from_cache(cfg)
+    elif src.suffix == ".safetensors" and src.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(src), "pt") as fh:
+            meta = fh.metadata() or {}
+            if "latents" not in fh.keys():
+                raise LiquidgenError(f"{src} holds no 'latents' tensor")
+            raw = fh.get_tensor("latents").float()
+        vae = json.loads(meta["vae"]) if "vae" in meta else None
+        raw = raw[: cfg.limit] if cfg.limit else raw
+    elif src.suffix == ".npy" and src.exists():
+        try:
+            arr = np.load(src, allow_pickle=False)
+        except ValueError as exc:
+            raise LiquidgenError(f"{src} is not a plain array ({exc})") from None
+        raw = torch.from_numpy(np.asarray(arr, np.float32))
+        raw = raw[None] if raw.ndim == 3 else raw
+        vae = None
+    else:
+        raise LiquidgenError(f"{src} is not a cache folder, a .safetensors latents file or a .npy file")
+    vae = cfg.vae or vae
+    if vae is None:
+        raise LiquidgenError(f"{src} does not name its VAE: pass --vae")
+    if raw.ndim != 4:
+        raise LiquidgenError(f"expected latents shaped (N, C, H, W), got {tuple(raw.shape)}")
+    images = decode_latents(raw, vae, device, cfg.batch_size)
+    out = Path(cfg.out)
+    paths = save_images(images, out)
+    image_grid(images).save(out / "grid.png")
+    return paths

@@ -1,0 +1,88 @@
+"""From a trained run to images on disk: `sample` and `decode`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TAEF2, psnr, run_cli, source_image
+from liquidgen.errors import LiquidgenError
+from liquidgen.pipeline.decode import DecodeConfig, decode
+from liquidgen.pipeline.encode import EncodeConfig, encode
+from liquidgen.pipeline.sample import SampleConfig, sample
+from liquidgen.pipeline.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def run(paintings40, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    encode(EncodeConfig(str(paintings40), str(root / "cache"), vae=str(TAEF2), resolution=64, workers=1, progress=False))
+    train(TrainConfig(cache=str(root / "cache"), out=str(root / "run"), model="nano", batch_size=8, steps=6,
+                      ckpt_every=6, preview_every=0, progress=False))
+    return root / "run"
+
+
+def test_sample_writes_pngs_grid_and_settings(run, tmp_path):
+    result = sample(SampleConfig(run=str(run), out=str(tmp_path / "s"), n=5, steps=4, cfg_scale=2.0, batch_size=3))
+    assert len(result.images) == 5 and result.model_calls == 8  # two batches of 4 Euler steps
+    assert all(Image.open(p).size == (64, 64) for p in result.images)
+    assert Image.open(result.grid).size[0] > 64
+    assert (tmp_path / "s" / "settings.json").exists()
+
+
+def test_the_same_seed_gives_the_same_images(run, tmp_path):
+    a = sample(SampleConfig(run=str(run), out=str(tmp_path / "a"), n=2, steps=3, seed=7))
+    b = sample(SampleConfig(run=str(run), out=str(tmp_path / "b"), n=2, steps=3, seed=7))
+    c = sample(SampleConfig(run=str(run), out=str(tmp_path / "c"), n=2, steps=3, seed=8))
+    pixels = [[np.asarray(Image.open(p)) for p in r.images] for r in (a, b, c)]
+    assert all(np.array_equal(x, y) for x, y in zip(pixels[0], pixels[1]))
+    assert not np.array_equal(pixels[0][0], pixels[2][0])
+
+
+def test_latents_only_then_decode_gives_the_same_images(run, tmp_path):
+    direct = sample(SampleConfig(run=str(run), out=str(tmp_path / "png"), n=3, steps=3, class_name="Rococo"))
+    lat = sample(SampleConfig(run=str(run), out=str(tmp_path / "lat.safetensors"), n=3, steps=3,
+                              class_name="Rococo", latents_only=True))
+    paths = decode(DecodeConfig(source=str(lat.out), out=str(tmp_path / "dec")))
+    for p, q in zip(direct.images, paths):
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(q)))
+
+
+def test_decoding_a_cache_gives_back_its_paintings(paintings12, tmp_path):
+    encode(EncodeConfig(str(paintings12), str(tmp_path / "c"), vae=str(TAEF2), resolution=128, workers=1, progress=False))
+    keys = ["Baroque/" + sorted(p.name for p in (paintings12 / "Baroque").iterdir())[1],
+            "Pointillism/" + sorted(p.name for p in (paintings12 / "Pointillism").iterdir())[0]]
+    chosen = decode(DecodeConfig(source=str(tmp_path / "c"), out=str(tmp_path / "d"), keys=keys))
+    assert len(chosen) == 2
+    paths = decode(DecodeConfig(source=str(tmp_path / "c"), out=str(tmp_path / "e"), limit=None))
+    all_keys = sorted(p.relative_to(paintings12).as_posix() for p in paintings12.rglob("*.jpg"))
+    scores = [psnr(np.asarray(Image.open(path)).transpose(2, 0, 1), source_image(paintings12, key, 128))
+              for key, path in zip(all_keys, paths)]
+    assert len(scores) == 12 and np.mean(scores) > 25.0, scores  # dense pointillist dots score lowest
+    assert np.array_equal(np.asarray(Image.open(chosen[1])), np.asarray(Image.open(paths[all_keys.index(keys[1])])))
+
+
+def test_decode_a_single_npy(tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((32, 4, 4), np.float32))
+    with pytest.raises(LiquidgenError, match="pass --vae"):
+        decode(DecodeConfig(source=str(tmp_path / "z.npy"), out=str(tmp_path / "o")))
+    assert len(decode(DecodeConfig(source=str(tmp_path / "z.npy"), out=str(tmp_path / "o"), vae=str(TAEF2)))) == 1
+    np.save(tmp_path / "four.npy", np.zeros((1, 4, 4, 4), np.float32))
+    with pytest.raises(LiquidgenError, match="4 channels but the VAE"):
+        decode(DecodeConfig(source=str(tmp_path / "four.npy"), out=str(tmp_path / "o"), vae=str(TAEF2)))
+    np.save(tmp_path / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(LiquidgenError, match="not a plain array"):
+        decode(DecodeConfig(source=str(tmp_path / "evil.npy"), out=str(tmp_path / "o"), vae=str(TAEF2)))
+
+
+def test_sample_refusals(run, tmp_path):
+    result = run_cli("sample", "--run", str(run), "--class", "Cubism", "--out", str(tmp_path / "x"))
+    assert result.returncode == 1 and "known classes: Baroque, Impressionism" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(LiquidgenError, match="--n must be at least 1"):
+        sample(SampleConfig(run=str(run), out=str(tmp_path / "x"), n=0))
+    with pytest.raises(LiquidgenError, match="not a liquidgen run"):
+        sample(SampleConfig(run=str(tmp_path), out=str(tmp_path / "x")))
+    with pytest.raises(LiquidgenError, match="no checkpoint step-0000099"):
+        sample(SampleConfig(run=str(run), out=str(tmp_path / "x"), checkpoint="step-0000099"))
