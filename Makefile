@@ -12,6 +12,7 @@ MODEL   ?= small
 BATCH   ?= 256
 STEPS   ?= 100000
 N       ?= 64
+TRAIN_ARGS ?=
 
 .PHONY: install cache info verify train resume sample test test-all bench clean
 
@@ -34,10 +35,10 @@ verify:
 	$(BIN)/liquidgen cache verify $(CACHE)
 
 train:  ## train on cache/$(DATASET) into runs/$(DATASET); rerun with `make resume`
-	$(BIN)/liquidgen train --cache $(CACHE) --out $(RUN) --model $(MODEL) --batch-size $(BATCH) --steps $(STEPS)
+	$(BIN)/liquidgen train --cache $(CACHE) --out $(RUN) --model $(MODEL) --batch-size $(BATCH) --steps $(STEPS) $(TRAIN_ARGS)
 
 resume:
-	$(BIN)/liquidgen train --cache $(CACHE) --out $(RUN) --model $(MODEL) --batch-size $(BATCH) --steps $(STEPS) --resume
+	$(BIN)/liquidgen train --cache $(CACHE) --out $(RUN) --model $(MODEL) --batch-size $(BATCH) --steps $(STEPS) $(TRAIN_ARGS) --resume
 
 sample:  ## $(N) images from runs/$(DATASET) into samples/$(DATASET)
 	$(BIN)/liquidgen sample --run $(RUN) --n $(N) --out samples/$(DATASET)

@@ -21,6 +21,7 @@ SECTIONS = {  # name -> (module, title)
     "encode": ("encode_throughput", "Encode throughput and storage"),
     "train": ("train_throughput", "Training throughput: loader overhead and what caching saves"),
     "backbone": ("backbone_cost", "Backbone cost per step against diffusers baselines"),
+    "sample": ("sample_speed", "Sampling speed"),
 }
 RESULTS = ROOT / "benchmarks" / "results"
 

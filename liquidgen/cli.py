@@ -131,7 +131,7 @@ def sample(
         class_name=class_name, sampler=sampler, seed=seed, batch_size=batch_size, latents_only=latents_only,
         checkpoint=checkpoint, device=device))
     what = f"{n} latents to {result.out}" if latents_only else f"{n} images and {result.grid} to {result.out}"
-    console.print(f"wrote {what} ({result.model_calls} model calls per batch, {result.seconds:.1f}s)")
+    console.print(f"wrote {what} ({result.model_calls} model calls per image, {result.seconds:.1f}s)")
 
 
 @app.command()
@@ -149,6 +149,19 @@ def decode(
     paths = run_decode(DecodeConfig(source=source, out=str(out), limit=limit, keys=keys.split(",") if keys else None,
                                     vae=vae, device=device))
     console.print(f"wrote {len(paths)} images and {out}/grid.png")
+
+
+@app.command()
+def export(
+    run: Path = typer.Option(..., "--run", help="Run folder (from `liquidgen train`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the diffusers pipeline."),
+    checkpoint: Optional[str] = typer.Option(None, help="A checkpoint folder name (step-XXXXXXX); default the latest."),
+) -> None:
+    """Export a run (EMA weights, scheduler, VAE) as a diffusers pipeline folder."""
+    from liquidgen.pipeline.export import export as run_export
+
+    folder = run_export(str(run), str(out), checkpoint)
+    console.print(f"wrote {folder}; load it with liquidgen.pipeline.export.LiquidGenPipeline.from_pretrained('{folder}')")
 
 
 @app.command()

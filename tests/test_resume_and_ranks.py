@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from conftest import TAEF2
 from liquidgen.cache.store import CacheDir, verify_cache
@@ -62,3 +63,23 @@ def test_two_processes_split_the_source_and_merge_one_manifest(paintings40, tmp_
     _, lat1, keys1, _ = read_all(tmp_path / "one")
     _, lat2, keys2, _ = read_all(out)
     assert keys1 == keys2 and np.allclose(lat1, lat2, atol=1e-3)
+
+
+def test_a_full_disk_stops_with_one_line_and_the_rerun_finishes(paintings40, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        args = encode_args(paintings40, disk / "c", "--resolution", "64", "--dtype", "fp32")
+        full = subprocess.run([sys.executable, "-m", "liquidgen", *args], capture_output=True, text=True, timeout=300)
+        assert full.returncode == 1, full.stderr
+        assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
+        assert not CacheDir(disk / "c").manifest()["complete"]
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        done = subprocess.run([sys.executable, "-m", "liquidgen", *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        m, _, keys, _ = read_all(disk / "c")
+        assert m["count"] == 40 and len(set(keys)) == 40 and verify_cache(disk / "c")[1] == []
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -25,7 +25,7 @@ def run(paintings40, tmp_path_factory):
 
 def test_sample_writes_pngs_grid_and_settings(run, tmp_path):
     result = sample(SampleConfig(run=str(run), out=str(tmp_path / "s"), n=5, steps=4, cfg_scale=2.0, batch_size=3))
-    assert len(result.images) == 5 and result.model_calls == 8  # two batches of 4 Euler steps
+    assert len(result.images) == 5 and result.model_calls == 4  # 4 Euler steps, one call each
     assert all(Image.open(p).size == (64, 64) for p in result.images)
     assert Image.open(result.grid).size[0] > 64
     assert (tmp_path / "s" / "settings.json").exists()
@@ -86,3 +86,22 @@ def test_sample_refusals(run, tmp_path):
         sample(SampleConfig(run=str(tmp_path), out=str(tmp_path / "x")))
     with pytest.raises(LiquidgenError, match="no checkpoint step-0000099"):
         sample(SampleConfig(run=str(run), out=str(tmp_path / "x"), checkpoint="step-0000099"))
+
+
+def test_the_exported_pipeline_reproduces_sample(run, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from liquidgen.pipeline.export import LiquidGenPipeline, export
+
+    folder = export(str(run), str(tmp_path / "pipe"))
+    assert (folder / "model_index.json").exists() and (folder / "unet" / "config.json").exists()
+    expected = sample(SampleConfig(run=str(run), out=str(tmp_path / "s"), n=3, steps=3, seed=5, cfg_scale=2.0,
+                                   class_name="Baroque"))
+    pipe = LiquidGenPipeline.from_pretrained(str(folder))
+    images = pipe(num_images=3, num_inference_steps=3, seed=5, guidance_scale=2.0, class_name="Baroque").images
+    for image, path in zip(images, expected.images):
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(path)))
+    generic = DiffusionPipeline.from_pretrained(str(folder), custom_pipeline=str(folder / "pipeline.py"),
+                                                trust_remote_code=True)
+    again = generic(num_images=1, num_inference_steps=3, seed=5, guidance_scale=2.0, class_name="Baroque").images
+    assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))

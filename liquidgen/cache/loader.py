@@ -104,27 +104,34 @@ class StreamingLatents(_Base):
         self.names = [s["name"] for s in self.manifest["shards"] if s["count"]]
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from concurrent.futures import ThreadPoolExecutor
+
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         names = [self.names[i] for i in torch.randperm(len(self.names), generator=gen)]
+        groups = [names[i : i + self.buffer_shards] for i in range(0, len(names), self.buffer_shards)]
         carry: list[tuple] = []
         made = 0
-        for start in range(0, len(names), self.buffer_shards):
-            parts = carry + [self._shard(n) for n in names[start : start + self.buffer_shards]]
-            lat = torch.cat([p[0] for p in parts])
-            flp = torch.cat([p[1] for p in parts]) if self.flip else None
-            lab = torch.cat([p[2] for p in parts])
-            order = torch.randperm(len(lat), generator=gen)
-            full = len(lat) // self.batch_size
-            for b in range(full):
-                if made >= self.steps_per_epoch():
-                    return
-                idx = order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
-                made += 1
-                if made <= skip:
-                    continue
-                yield self._finish(lat[idx], flp[idx] if flp is not None else None, lab[idx], self._batch_gen(epoch, made))
-            rest = order[full * self.batch_size :]
-            carry = [(lat[rest], flp[rest] if flp is not None else None, lab[rest])]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+            # Read the next group of shards while the current one is being trained on.
+            pending = pool.submit(lambda g: [self._shard(n) for n in g], groups[0]) if groups else None
+            for i in range(len(groups)):
+                parts = carry + pending.result()
+                pending = pool.submit(lambda g: [self._shard(n) for n in g], groups[i + 1]) if i + 1 < len(groups) else None
+                lat = torch.cat([p[0] for p in parts])
+                flp = torch.cat([p[1] for p in parts]) if self.flip else None
+                lab = torch.cat([p[2] for p in parts])
+                order = torch.randperm(len(lat), generator=gen)
+                full = len(lat) // self.batch_size
+                for b in range(full):
+                    if made >= self.steps_per_epoch():
+                        return
+                    idx = order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
+                    made += 1
+                    if made <= skip:
+                        continue
+                    yield self._finish(lat[idx], flp[idx] if flp is not None else None, lab[idx], self._batch_gen(epoch, made))
+                rest = order[full * self.batch_size :]
+                carry = [(lat[rest], flp[rest] if flp is not None else None, lab[rest])]
 
 
 def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, **kwargs) -> _Base:

@@ -198,7 +198,6 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
             lock.acquire()
             manifest = cache.manifest() if cache.exists() else wanted
             check_contract(manifest, wanted, cfg.out)
-            size = manifest["storage"]["shard_size"]
             if cfg.dtype == "uint8" and not manifest["storage"]["quant"]:
                 manifest["storage"]["quant"] = _calibrate(vae, source, pre, cfg, device)
             _register_source(manifest, source)
@@ -344,7 +343,8 @@ def _finalize(cache: CacheDir, manifest: dict, source: ImageSource, src: int, si
     manifest["shards"] = [s for s in manifest["shards"] if s["name"] not in records]
     manifest["skipped"] = [s for s in manifest["skipped"] if s["shard"] not in records]
     manifest = cache.finalize(manifest)
-    with open(cache.root / "skipped.log", "w") as fh:
-        for item in manifest["skipped"]:
-            fh.write(f"{item['key']}\t{item['reason']}\n")
+    try:
+        (cache.root / "skipped.log").write_text("".join(f"{s['key']}\t{s['reason']}\n" for s in manifest["skipped"]))
+    except OSError as exc:
+        raise LiquidgenError(f"cannot write {cache.root / 'skipped.log'}: {exc.strerror or exc}") from None
     return manifest

@@ -27,7 +27,6 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     ax.plot(steps, [latest[s]["loss"] for s in steps], lw=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss (MSE)")
-    ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.set_title(run.name)
     fig.tight_layout()

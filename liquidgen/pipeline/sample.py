@@ -7,11 +7,14 @@ the noisiest steps, where it mostly costs diversity (Kynkäänniemi et al., 2024
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from liquidgen.errors import LiquidgenError
 
 
 @torch.no_grad()
@@ -23,14 +26,18 @@ def sample_latents(
     steps: int = 25,
     cfg_scale: float = 1.0,
     guidance_interval: tuple[float, float] = (0.0, 0.75),
-    sampler: str = "euler",
+    sampler="euler",
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, int]:
-    """Normalized latents (n, *shape) and the number of model calls it took."""
+    """Normalized latents (n, *shape) and the number of model calls it took. `sampler` is
+    "euler", "heun", or a diffusers flow-matching scheduler whose config is used."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
-    scheduler = {"euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler}[sampler]()
+    if isinstance(sampler, str):
+        scheduler = {"euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler}[sampler]()
+    else:  # a fresh copy: schedulers keep per-run state
+        scheduler = type(sampler).from_config(sampler.config)
     scheduler.set_timesteps(steps, device=device)
     x = torch.randn((n, *shape), generator=generator, device="cpu").to(device)
     null = None
@@ -75,11 +82,6 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Pa
 
 # -- the `liquidgen sample` stage ---------------------------------------------------------------
 
-from dataclasses import asdict, dataclass  # noqa: E402
-
-from liquidgen.errors import LiquidgenError  # noqa: E402
-
-
 @dataclass
 class SampleConfig:
     run: str
@@ -104,6 +106,30 @@ class SampleResult:
     grid: Path | None
     model_calls: int
     seconds: float
+
+
+def generate_raw(model, lat: dict, labels, n, steps, cfg_scale, interval, sampler, gen, device, batch_size):
+    """Raw (denormalized) latents for `n` images, in batches; shared by `sample` and the exported
+    diffusers pipeline so both give the same images for the same seed."""
+    mean = torch.tensor(lat["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(lat["std"]).view(1, -1, 1, 1)
+    chunks, calls = [], 0
+    for start in range(0, n, batch_size):
+        k = min(batch_size, n - start)
+        y = labels[start : start + k].to(device) if labels is not None else None
+        z, calls = sample_latents(model, k, tuple(lat["shape"]), y, steps, cfg_scale, interval, sampler, gen, device)
+        chunks.append(z.float().cpu() * std + mean)
+    return torch.cat(chunks), calls
+
+
+def pick_labels(names: list[str], n: int, class_name: str | None) -> torch.Tensor | None:
+    """One class for all, or all classes in turn; a clear refusal for an unknown name."""
+    if class_name is not None and class_name not in names:
+        known = ", ".join(names) if names else "none: the run is unconditional"
+        raise LiquidgenError(f"unknown class {class_name!r}; known classes: {known}")
+    if not names:
+        return None
+    return torch.full((n,), names.index(class_name)) if class_name else torch.arange(n) % len(names)
 
 
 def load_run(run: str | Path, checkpoint: str | None = None, device="cpu"):
@@ -136,29 +162,13 @@ def sample(cfg: SampleConfig) -> SampleResult:
                           ("cpu" if cfg.device == "auto" else cfg.device))
     model, config, path = load_run(cfg.run, cfg.checkpoint, device)
     lat = config["latents"]
-    names = lat["label_names"]
-    if cfg.class_name is not None and cfg.class_name not in names:
-        known = ", ".join(names) if names else "none: the run is unconditional"
-        raise LiquidgenError(f"unknown class {cfg.class_name!r}; known classes: {known}")
-    if names:
-        labels = torch.full((cfg.n,), names.index(cfg.class_name)) if cfg.class_name else torch.arange(cfg.n) % len(names)
-    else:
-        labels = None
-    mean = torch.tensor(lat["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(lat["std"]).view(1, -1, 1, 1)
+    labels = pick_labels(lat["label_names"], cfg.n, cfg.class_name)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
-    chunks, calls = [], 0
-    for start in range(0, cfg.n, cfg.batch_size):
-        n = min(cfg.batch_size, cfg.n - start)
-        y = labels[start : start + n].to(device) if labels is not None else None
-        z, c = sample_latents(model, n, tuple(lat["shape"]), y, cfg.steps, cfg.cfg_scale, cfg.guidance_interval,
-                              cfg.sampler, gen, device)
-        chunks.append(z.float().cpu() * std + mean)  # raw latents, as the VAE expects
-        calls += c
-    raw = torch.cat(chunks)
+    raw, calls = generate_raw(model, lat, labels, cfg.n, cfg.steps, cfg.cfg_scale, cfg.guidance_interval,
+                              cfg.sampler, gen, device, cfg.batch_size)
     out = Path(cfg.out)
-    settings = {**asdict(cfg), "checkpoint": path.name, "model_calls_per_image": calls // len(chunks),
+    settings = {**asdict(cfg), "checkpoint": path.name, "model_calls_per_image": calls,
                 "labels": labels.tolist() if labels is not None else None}
     if cfg.latents_only:
         if out.suffix != ".safetensors":

@@ -44,29 +44,28 @@ class _Block(nn.Module):
         return self.fuse(self.conv(x) + x)
 
 
-def _pooled(state: dict[str, torch.Tensor], index: int) -> bool:
-    return f"{index}.pool.0.weight" in state
+def pooled_blocks(state: dict[str, torch.Tensor]) -> list[int]:
+    """The Sequential indices of pooled blocks, read off a state dict's keys."""
+    return sorted({int(k.split(".")[0]) for k in state if ".pool." in k})
 
 
-def build_encoder(state: dict[str, torch.Tensor]) -> nn.Sequential:
+def build_encoder(latent_channels: int, pooled: list[int] = ()) -> nn.Sequential:
     """Encoder: RGB in [0, 1] -> raw latents at 1/8 size."""
-    latent_channels = state["14.weight"].shape[0]
-    layers: list[nn.Module] = [_conv(3, 64), _Block(pooled=_pooled(state, 1))]
+    layers: list[nn.Module] = [_conv(3, 64), _Block(pooled=1 in pooled)]
     for start in (2, 6, 10):
         layers.append(_conv(64, 64, stride=2, bias=False))
-        layers += [_Block(pooled=_pooled(state, start + i)) for i in (1, 2, 3)]
+        layers += [_Block(pooled=start + i in pooled) for i in (1, 2, 3)]
     layers.append(_conv(64, latent_channels))
     return nn.Sequential(*layers)
 
 
-def build_decoder(state: dict[str, torch.Tensor]) -> nn.Sequential:
+def build_decoder(latent_channels: int, pooled: list[int] = ()) -> nn.Sequential:
     """Decoder: raw latents -> RGB in about [0, 1]."""
-    latent_channels = state["1.weight"].shape[1]
     layers: list[nn.Module] = [_Clamp(), _conv(latent_channels, 64), nn.ReLU()]
-    layers += [_Block(pooled=_pooled(state, i)) for i in (3, 4, 5)]
+    layers += [_Block(pooled=i in pooled) for i in (3, 4, 5)]
     for start, blocks in ((6, 3), (11, 3), (16, 1)):
         layers += [nn.Upsample(scale_factor=2), _conv(64, 64, bias=False)]
-        layers += [_Block(pooled=_pooled(state, start + 2 + i)) for i in range(blocks)]
+        layers += [_Block(pooled=start + 2 + i in pooled) for i in range(blocks)]
     layers.append(_conv(64, 3))
     return nn.Sequential(*layers)
 
@@ -75,7 +74,8 @@ def load_pair(encoder_path: str, decoder_path: str) -> tuple[nn.Sequential, nn.S
     """Both halves with their weights (fp32), loaded without pickle."""
     enc_state = torch.load(encoder_path, map_location="cpu", weights_only=True)
     dec_state = torch.load(decoder_path, map_location="cpu", weights_only=True)
-    encoder, decoder = build_encoder(enc_state), build_decoder(dec_state)
+    encoder = build_encoder(enc_state["14.weight"].shape[0], pooled_blocks(enc_state))
+    decoder = build_decoder(dec_state["1.weight"].shape[1], pooled_blocks(dec_state))
     encoder.load_state_dict({k: v.float() for k, v in enc_state.items()})
     decoder.load_state_dict({k: v.float() for k, v in dec_state.items()})
     return encoder, decoder

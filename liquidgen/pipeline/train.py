@@ -117,6 +117,7 @@ def _check_resume(run: Path, config: dict) -> None:
 
 def train(cfg: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
 
     if cfg.model not in SIZES:
         raise LiquidgenError(f"unknown --model {cfg.model!r}; sizes: {', '.join(SIZES)}")
@@ -167,7 +168,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         for group in optimizer.param_groups:
             group["initial_lr"] = cfg.lr
             group["lr"] = cfg.lr * warmup(start_step)
-        gen.set_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        if rank < len(state["rng"]):
+            gen.set_state(state["rng"][rank])
+        else:  # resumed on more processes than saved: fresh, distinct streams for the new ranks
+            gen.manual_seed(cfg.seed * 1000 + rank + 7919 * start_step)
     ema.to(device)
     if cfg.compile:
         model = torch.compile(model)
@@ -231,11 +235,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lat_s=f"{record['latents_per_s']:.0f}", refresh=False)
                     log_loss, log_n, log_t0 = torch.zeros((), device=device), 0, now
                 if step % cfg.ckpt_every == 0 or last:
+                    rng_states = gather_object([gen.get_state()])  # every rank's noise stream
                     if accelerator.is_main_process:
-                        states = [g.get_state() for g in [gen]]
                         ckpt.save_checkpoint(run, step, raw, ema, {
                             "step": step, "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "rng": states})
+                            "scheduler": scheduler.state_dict(), "rng": rng_states})
                         _plot(run)
                     accelerator.wait_for_everyone()
                 if preview_every and (step % preview_every == 0 or last) and accelerator.is_main_process:

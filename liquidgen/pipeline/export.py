@@ -1,0 +1,116 @@
+"""`liquidgen export`: a trained run as a diffusers pipeline folder.
+
+    out/model_index.json          LiquidGenPipeline: unet, scheduler, vae
+    out/unet/                     LiquidUNet2DModel (config.json + safetensors): EMA weights,
+                                  latent statistics, class names and the VAE's description
+    out/scheduler/                FlowMatchEulerDiscreteScheduler
+    out/vae/                      the run's VAE: its diffusers model, or a TAESD-family pair as
+                                  TAESDModel
+    out/pipeline.py               for `DiffusionPipeline.from_pretrained(out, custom_pipeline=...)`
+
+Load it with `LiquidGenPipeline.from_pretrained(out)` or
+`DiffusionPipeline.from_pretrained(out, custom_pipeline=f"{out}/pipeline.py", trust_remote_code=True)`
+(liquidgen installed). The pipeline samples with the same code
+as `liquidgen sample`, so the same seed gives the same images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import ConfigMixin, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from PIL import Image
+
+from liquidgen.backbone.unet import LiquidUNet, LiquidUNetConfig
+from liquidgen.errors import LiquidgenError
+from liquidgen.pipeline.sample import generate_raw, load_run, pick_labels
+from liquidgen.pipeline.taesd import build_decoder, build_encoder, pooled_blocks
+from liquidgen.pipeline.vae import FrozenVae, load_vae
+
+
+class LiquidUNet2DModel(ModelMixin, ConfigMixin):
+    """The liquid U-Net as a diffusers model; the config also carries what sampling needs."""
+
+    @register_to_config
+    def __init__(self, in_channels: int = 32, channels=(64, 128, 192), blocks=(1, 1, 2), mid_blocks: int = 1,
+                 num_classes: int = 0, cfc: str = "paper", kernels=(3, 5, 7), global_path: bool = True,
+                 relax: bool = True, cond_dim: int = 0, grad_checkpoint: bool = False, latents: dict | None = None):
+        super().__init__()
+        self.net = LiquidUNet(LiquidUNetConfig(
+            in_channels=in_channels, channels=channels, blocks=blocks, mid_blocks=mid_blocks, num_classes=num_classes,
+            cfc=cfc, kernels=kernels, global_path=global_path, relax=relax, cond_dim=cond_dim))
+
+    @property
+    def null_class(self) -> int:
+        return self.net.null_class
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x, t, labels)
+
+
+class TAESDModel(ModelMixin, ConfigMixin):
+    """A TAESD-family encoder/decoder pair (TAEF2's pooled blocks included) as a diffusers model."""
+
+    @register_to_config
+    def __init__(self, latent_channels: int = 32, encoder_pooled=(), decoder_pooled=()):
+        super().__init__()
+        self.encoder = build_encoder(latent_channels, list(encoder_pooled))
+        self.decoder = build_decoder(latent_channels, list(decoder_pooled))
+
+
+class LiquidGenPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "unet->vae"
+
+    def __init__(self, unet: LiquidUNet2DModel, scheduler: FlowMatchEulerDiscreteScheduler, vae: ModelMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+
+    def _frozen_vae(self) -> FrozenVae:
+        info = self.unet.config.latents["vae"]
+        if isinstance(self.vae, TAESDModel):
+            return FrozenVae(info, encoder=self.vae.encoder, decoder=self.vae.decoder)
+        return FrozenVae(info, model=self.vae)
+
+    @torch.no_grad()
+    def __call__(self, num_images: int = 4, num_inference_steps: int = 50, guidance_scale: float = 1.0,
+                 class_name: str | None = None, guidance_interval: tuple[float, float] = (0.0, 0.75),
+                 seed: int = 0, batch_size: int = 64, output_type: str = "pil") -> ImagePipelineOutput:
+        lat = self.unet.config.latents
+        labels = pick_labels(lat["label_names"], num_images, class_name)
+        gen = torch.Generator().manual_seed(seed)
+        raw, _ = generate_raw(self.unet.eval(), lat, labels, num_images, num_inference_steps, guidance_scale,
+                              guidance_interval, self.scheduler, gen, self.device, batch_size)
+        vae = self._frozen_vae()
+        images = torch.cat([vae.decode(chunk.to(self.device)).cpu() for chunk in raw.split(16)])
+        if output_type == "pt":
+            return ImagePipelineOutput(images=images)
+        arr = (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        return ImagePipelineOutput(images=[Image.fromarray(a) for a in arr])
+
+
+def export(run: str, out: str, checkpoint: str | None = None) -> Path:
+    model, config, _ = load_run(run, checkpoint)
+    unet = LiquidUNet2DModel(**config["model"], latents=config["latents"])
+    unet.net.load_state_dict(model.state_dict())
+    info = config["latents"]["vae"]
+    frozen = load_vae(info)
+    if frozen.model is not None:
+        vae = frozen.model
+    else:
+        enc, dec = frozen.encoder.state_dict(), frozen.decoder.state_dict()
+        vae = TAESDModel(info["latent_channels"], pooled_blocks(enc), pooled_blocks(dec))
+        vae.encoder.load_state_dict(enc)
+        vae.decoder.load_state_dict(dec)
+    pipe = LiquidGenPipeline(unet=unet, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae)
+    try:
+        pipe.save_pretrained(out)
+        (Path(out) / "pipeline.py").write_text(
+            '"""Custom pipeline entry for diffusers; needs `pip install liquidgen`."""\n'
+            "from liquidgen.pipeline.export import LiquidGenPipeline  # noqa: F401\n")
+    except OSError as exc:
+        raise LiquidgenError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return Path(out)
