@@ -69,7 +69,7 @@ def encode(
 
 @app.command()
 def train(
-    cache: str = typer.Option(..., "--cache", "-c", help="Latent cache folder (from `liquidgen encode`)."),
+    cache: str = typer.Option(..., "--cache", "-c", help="Latent cache folder, or a shared cache URL (pulled and verified once)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
     model: str = typer.Option("small", "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M)."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Global batch size (split across processes)."),
@@ -237,6 +237,31 @@ def cache_verify(cache: Path = typer.Argument(..., help="Cache folder.")) -> Non
             err.print(f"[red]bad[/red] {cache}: {p}")
         raise typer.Exit(1)
     console.print(f"{cache}: {len(manifest['shards'])} shards, {manifest['count']} latents, all checksums match")
+
+
+@cache_app.command("push")
+def cache_push(
+    cache: Path = typer.Argument(..., help="Local cache folder."),
+    url: str = typer.Argument(..., help="Where to: hf://datasets/ORG/NAME, s3://..., gs://..., file://..., memory://..."),
+) -> None:
+    """Upload a verified cache (shards first, manifest last); rerun to resume, unchanged shards are skipped."""
+    from liquidgen.cache.remote import push
+
+    t = push(str(cache), url)
+    console.print(f"{url}: {t.sent} shards sent, {t.skipped} already there")
+
+
+@cache_app.command("pull")
+def cache_pull(
+    url: str = typer.Argument(..., help="A shared cache: hf://..., https://..., s3://..., file://..."),
+    cache: Path = typer.Argument(..., help="Local folder to download into."),
+    workers: int = typer.Option(8, help="Parallel downloads."),
+) -> None:
+    """Download a shared cache, checking every shard's sha256; rerun to resume."""
+    from liquidgen.cache.remote import pull
+
+    t = pull(url, str(cache), workers=workers)
+    console.print(f"{cache}: {t.sent} shards fetched, {t.skipped} already here and verified")
 
 
 def main() -> None:

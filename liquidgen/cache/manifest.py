@@ -93,6 +93,12 @@ def check_manifest(manifest: Any, where: str) -> None:
             value = shard.get(field)
             if not isinstance(value, int) or value < 0 or value > 2**40:
                 raise LiquidgenError(f"{where} is malformed: shard {name} has bad {field} {value!r}")
+        sha = shard.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise LiquidgenError(f"{where} is malformed: shard {name} has no valid sha256")
+        for rel in shard.get("files") or []:
+            if not isinstance(rel, str) or rel.startswith("/") or ".." in rel.split("/") or "\\" in rel:
+                raise LiquidgenError(f"{where} is malformed: shard {name} names the file {rel!r}")
 
 
 def contract(manifest: dict) -> dict:

@@ -84,14 +84,19 @@ def calibrate_uint8(x: np.ndarray, sigmas: float = 4.0) -> dict:
 
 # -- checksums ---------------------------------------------------------------------------------
 
+def shard_files(path: Path) -> list[str]:
+    """The files of a shard relative to it: [] for a single-file (tar) shard."""
+    return [] if path.is_file() else sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+
+
 def shard_digest(path: Path) -> tuple[str, int]:
     """sha256 and size of a shard: the file, or every file of a Zarr directory in sorted order
     (each prefixed by its relative path, so renames are caught too)."""
     sha, total = hashlib.sha256(), 0
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if f is not path:
-            sha.update(f.relative_to(path).as_posix().encode() + b"\0")
+    for rel in shard_files(path) or [""]:
+        f = path / rel if rel else path
+        if rel:
+            sha.update(rel.encode() + b"\0")
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 sha.update(chunk)

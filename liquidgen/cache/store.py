@@ -67,7 +67,7 @@ class CacheDir:
         for name in sorted(records):
             rec = records[name]
             if name not in known:
-                manifest["shards"].append({k: rec[k] for k in ("name", "source", "first", "end", "count", "bytes", "sha256", "rank", "stats")})
+                manifest["shards"].append({k: rec[k] for k in ("name", "source", "first", "end", "count", "bytes", "sha256", "files", "rank", "stats")})
                 manifest["skipped"] += rec["skipped"]
         manifest["shards"].sort(key=lambda s: s["name"])
         manifest["count"] = sum(s["count"] for s in manifest["shards"])

@@ -7,7 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from liquidgen.cache.shards import ShardData, dequantize, quantize, write_shard
+from liquidgen.cache.shards import ShardData, dequantize, quantize, shard_files, write_shard
 from liquidgen.cache.store import CacheDir
 
 
@@ -49,8 +49,10 @@ class ShardWriter:
         )
         # Statistics of what a reader will see after dequantization, not of the float input.
         stats = channel_sums(dequantize(stored, dtype, quant)) if len(labels) else None
-        sha, size = write_shard(self.cache.shard_path(name), data, self.storage["backend"])
-        self.cache.write_record({**meta, "name": name, "count": len(labels), "bytes": size, "sha256": sha, "stats": stats})
+        path = self.cache.shard_path(name)
+        sha, size = write_shard(path, data, self.storage["backend"])
+        self.cache.write_record({**meta, "name": name, "count": len(labels), "bytes": size, "sha256": sha,
+                                 "files": shard_files(path), "stats": stats})
         self.written += 1
 
     def close(self) -> None:

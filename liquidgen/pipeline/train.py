@@ -126,7 +126,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     run = Path(cfg.out)
 
-    data = open_latents(cfg.cache, cfg.batch_size, cfg.memory_limit_gb, seed=cfg.seed, rank=rank,
+    cache_dir = cfg.cache
+    if "://" in cfg.cache:  # a shared cache: verified local copy first (main process), then read it
+        from liquidgen.cache.remote import local_copy
+
+        with accelerator.main_process_first():
+            cache_dir = local_copy(cfg.cache, progress=cfg.progress and accelerator.is_local_main_process)
+    data = open_latents(cache_dir, cfg.batch_size, cfg.memory_limit_gb, seed=cfg.seed, rank=rank,
                         world=world, device=device if cuda else "cpu")
     mconf = model_config(cfg.model, in_channels=data.shape[0], num_classes=data.num_classes, cfc=cfg.cfc,
                          relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels)

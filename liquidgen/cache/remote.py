@@ -1,0 +1,200 @@
+"""Sharing caches through any fsspec URL: `file://`, `memory://`, `hf://` (huggingface_hub's
+HfFileSystem), `s3://`, `gs://`, and HTTP(S) for reading.
+
+push uploads shards first, a `<shard>.sha256` marker after each finished shard, the dataset
+card, and the manifest last: a reader never sees a manifest naming missing shards, and a rerun
+skips every shard whose marker already carries the same checksum.
+
+pull reads the manifest (size-bounded, format-checked), downloads shards in parallel into
+temporary names, checks each one's size and sha256 before it is renamed into place, and writes
+the manifest last. Shards come from strangers: nothing unverified is ever kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from liquidgen.cache.manifest import MANIFEST, MAX_MANIFEST_BYTES, check_manifest, write_json_atomic
+from liquidgen.cache.shards import shard_digest, shard_files
+from liquidgen.cache.store import CacheDir, verify_cache
+from liquidgen.errors import LiquidgenError
+
+
+@dataclass
+class Transfer:
+    sent: int  # shards transferred
+    skipped: int  # shards already there with the same checksum
+    bytes: int
+
+
+def _fs(url: str):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise LiquidgenError(f"cannot open {url}: {exc}") from None
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def dataset_card(manifest: dict) -> str:
+    src = manifest["sources"][0] if manifest["sources"] else {}
+    vae, st = manifest["vae"], manifest["storage"]
+    classes = ", ".join(manifest["label_names"]) or "none (unconditional)"
+    return f"""---
+tags: [liquidgen, latents]
+---
+# Latent cache: {Path(str(src.get('id', 'images'))).name} through {Path(vae['id']).name}
+
+{manifest['count']} latents made by [liquidgen](https://github.com/) from `{src.get('id')}`
+({src.get('kind')}{', split ' + src['split'] if src.get('split') else ''}).
+
+| | |
+|---|---|
+| resolution | {manifest['preprocess']['resolution']} px, {manifest['preprocess']['resize']} |
+| VAE | `{vae['id']}` ({vae['class']}, {vae['latent_channels']} channels, /{vae['downscale']}) |
+| latents | {'x'.join(map(str, st['latent_shape']))} {st['dtype']}, stored: {st['stored']}, flip: {st['flip']} |
+| storage | {st['backend']}, {len(manifest['shards'])} shards |
+| classes | {classes} |
+
+Licence: these latents inherit the licence of the source images; check it before use.
+
+Train on it without re-encoding:
+
+```bash
+liquidgen cache pull <this URL> cache/mine && liquidgen cache verify cache/mine
+liquidgen train --cache cache/mine --out runs/mine
+```
+"""
+
+
+def push(cache_dir: str, url: str, progress: bool = True) -> Transfer:
+    manifest, problems = verify_cache(cache_dir)
+    if problems:
+        raise LiquidgenError(f"refusing to push {cache_dir}: {problems[0]}")
+    cache = CacheDir(cache_dir)
+    fs, root = _fs(url)
+    sent = skipped = nbytes = 0
+    bar = tqdm(total=sum(s["bytes"] for s in manifest["shards"]), unit="B", unit_scale=True,
+               desc=f"push {Path(cache_dir).name}", disable=not progress)
+    try:
+        fs.makedirs(_join(root, "shards"), exist_ok=True)
+        for shard in manifest["shards"]:
+            name, local = shard["name"], cache.shard_path(shard["name"])
+            shard.setdefault("files", shard_files(local))
+            marker = _join(root, "shards", name + ".sha256")
+            if fs.exists(marker) and fs.cat_file(marker).decode().strip() == shard["sha256"]:
+                skipped += 1
+                bar.update(shard["bytes"])
+                continue
+            for rel in shard["files"] or [""]:
+                target = _join(root, "shards", name, rel) if rel else _join(root, "shards", name)
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                fs.put_file(str(local / rel if rel else local), target)
+            fs.pipe_file(marker, shard["sha256"].encode())
+            sent += 1
+            nbytes += shard["bytes"]
+            bar.update(shard["bytes"])
+        fs.pipe_file(_join(root, "README.md"), dataset_card(manifest).encode())
+        fs.pipe_file(_join(root, MANIFEST), json.dumps(manifest, indent=1).encode())  # last
+    except OSError as exc:
+        raise LiquidgenError(f"push to {url} failed ({exc.__class__.__name__}: {exc}); rerun to resume") from None
+    finally:
+        bar.close()
+    return Transfer(sent, skipped, nbytes)
+
+
+def read_remote_manifest(url: str) -> dict:
+    fs, root = _fs(url)
+    path = _join(root, MANIFEST)
+    try:
+        with fs.open(path, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except (OSError, FileNotFoundError) as exc:
+        raise LiquidgenError(f"{url} has no readable {MANIFEST} ({exc.__class__.__name__})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise LiquidgenError(f"{url}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes: refusing it")
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise LiquidgenError(f"{url}/{MANIFEST} is not valid JSON: refusing the cache") from None
+    check_manifest(manifest, f"{url}/{MANIFEST}")
+    if not manifest.get("complete"):
+        raise LiquidgenError(f"{url} is an unfinished cache (its encode did not complete)")
+    return manifest
+
+
+def pull(url: str, cache_dir: str, workers: int = 8, progress: bool = True) -> Transfer:
+    manifest = read_remote_manifest(url)
+    fs, root = _fs(url)
+    cache = CacheDir(cache_dir)
+    if cache.exists():
+        from liquidgen.cache.manifest import check_contract
+
+        check_contract(cache.manifest(), manifest, cache_dir)
+    cache.shards_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=sum(s["bytes"] for s in manifest["shards"]), unit="B", unit_scale=True,
+               desc=f"pull {Path(cache_dir).name}", disable=not progress)
+
+    def fetch(shard: dict) -> bool:
+        final = cache.shard_path(shard["name"])
+        if final.exists() and shard_digest(final) == (shard["sha256"], shard["bytes"]):
+            bar.update(shard["bytes"])
+            return False
+        tmp = final.with_name(f".{final.name}.part{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        got = 0
+        try:
+            for rel in shard.get("files") or [""]:
+                src = _join(root, "shards", shard["name"], rel) if rel else _join(root, "shards", shard["name"])
+                dst = tmp / rel if rel else tmp
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with fs.open(src, "rb") as fin, open(dst, "wb") as fout:
+                    while chunk := fin.read(1 << 20):
+                        got += len(chunk)
+                        if got > shard["bytes"]:  # never store more than the manifest promised
+                            raise LiquidgenError(f"shard {shard['name']} is larger than its manifest entry: refusing it")
+                        fout.write(chunk)
+                        bar.update(len(chunk))
+            if shard_digest(tmp) != (shard["sha256"], shard["bytes"]):
+                raise LiquidgenError(f"shard {shard['name']} from {url} does not match its sha256: refusing it")
+            if final.is_dir():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except (OSError, FileNotFoundError) as exc:
+            raise LiquidgenError(f"cannot fetch shard {shard['name']} from {url} ({exc.__class__.__name__}: "
+                                 f"{str(exc)[:120]}); rerun to resume") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        return True
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(fetch, manifest["shards"]))
+    finally:
+        bar.close()
+    write_json_atomic(cache.manifest_path, manifest)  # last: the cache is complete only now
+    sent = sum(results)
+    return Transfer(sent, len(results) - sent, sum(s["bytes"] for s, r in zip(manifest["shards"], results) if r))
+
+
+def local_copy(url: str, progress: bool = True) -> str:
+    """A verified local copy of a remote cache, kept under $LIQUIDGEN_HOME/caches for reuse:
+    training from a URL pulls once (resumably), then reads from disk."""
+    import hashlib
+
+    home = Path(os.environ.get("LIQUIDGEN_HOME", Path.home() / ".cache" / "liquidgen"))
+    folder = home / "caches" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    pull(url, str(folder), progress=progress)
+    return str(folder)
