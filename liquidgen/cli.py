@@ -164,6 +164,29 @@ def export(
     console.print(f"wrote {folder}; load it with liquidgen.pipeline.export.LiquidGenPipeline.from_pretrained('{folder}')")
 
 
+@app.command("eval")
+def eval_(
+    run: Path = typer.Option(..., "--run", help="Run folder."),
+    cache: str = typer.Option(..., "--cache", "-c", help="The cache the run was trained on (its decoded latents are the real side)."),
+    n: int = typer.Option(2000, "--n", "-n", help="Images on each side."),
+    steps: int = typer.Option(50, help="Euler steps for the samples."),
+    cfg: float = typer.Option(1.0, "--cfg", help="Guidance scale for the samples."),
+    seed: int = typer.Option(0, help="Seed for the real subset, the samples and the metrics."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON file (default RUN/eval.json)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+) -> None:
+    """Score a run: SWD, random-feature FD/KID, precision/recall, flow loss per t (no downloads)."""
+    from liquidgen.pipeline.evaluate import EvalConfig, evaluate
+
+    r = evaluate(EvalConfig(run=str(run), cache=cache, n=n, steps=steps, cfg_scale=cfg, seed=seed,
+                            out=str(out) if out else None, device=device))
+    table = Table("metric", "value", title=f"{run} ({r['checkpoint']}, n={n}, {r['model_calls_per_image']} calls/image)")
+    for k, v in {**r["metrics"], **{f"flow loss {k}": v for k, v in r["flow_loss_per_t"].items()}}.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    console.print(f"wrote {r['out']}")
+
+
 @app.command()
 def plot(run: Path = typer.Argument(..., help="Run folder.")) -> None:
     """Draw a run's loss curve to RUN/loss.png."""

@@ -105,3 +105,22 @@ def test_the_exported_pipeline_reproduces_sample(run, tmp_path):
                                                 trust_remote_code=True)
     again = generic(num_images=1, num_inference_steps=3, seed=5, guidance_scale=2.0, class_name="Baroque").images
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))
+
+
+def test_eval_scores_a_run_end_to_end(run, tmp_path):
+    import json
+
+    from liquidgen.pipeline.evaluate import EvalConfig, evaluate
+
+    cache = run.parent / "cache"
+    result = evaluate(EvalConfig(run=str(run), cache=str(cache), n=16, steps=2, out=str(tmp_path / "e.json")))
+    m = result["metrics"]
+    assert {"swd_mean", "fd_random", "kid_random", "precision", "recall"} <= m.keys()
+    assert m["swd_mean"] > 0 and m["fd_random"] > 0  # 6 training steps: far from the paintings
+    assert len(result["flow_loss_per_t"]) == 5
+    assert json.loads((tmp_path / "e.json").read_text())["metrics"] == m
+    assert (cache / ".eval" / "real-n16-seed0.safetensors").exists()  # real side cached for next time
+    again = evaluate(EvalConfig(run=str(run), cache=str(cache), n=16, steps=2, out=str(tmp_path / "f.json")))
+    assert again["metrics"] == m  # deterministic for a seed
+    with pytest.raises(LiquidgenError, match="more than the 40 latents"):
+        evaluate(EvalConfig(run=str(run), cache=str(cache), n=41))
