@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -40,7 +41,7 @@ def encode(
     flip: str = typer.Option("none", help="none, or both: also encode the horizontally flipped image."),
     limit: Optional[int] = typer.Option(None, help="Encode only the first N images of the source."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per VAE forward."),
-    workers: int = typer.Option(min(4, __import__("os").cpu_count() or 1), help="DataLoader workers decoding images."),
+    workers: int = typer.Option(min(4, os.cpu_count() or 1), help="DataLoader workers decoding images."),
     shard_size: int = typer.Option(1024, help="Latents per shard (the unit of resume and of sharing)."),
     data_dir: Optional[str] = typer.Option(None, envvar="LIQUIDGEN_DATA_DIR", help="Folder with local copies of presets (offline)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.sample import image_grid, save_images
 
@@ -64,8 +65,7 @@ def _from_cache(cfg: DecodeConfig) -> tuple[torch.Tensor, dict, list[str]]:
 
 
 def decode(cfg: DecodeConfig) -> list[Path]:
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     src = Path(cfg.source)
     if src.is_dir():
         raw, vae, _ = _from_cache(cfg)

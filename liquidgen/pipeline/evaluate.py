@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.eval.metrics import compare
 from liquidgen.pipeline.decode import decode_latents
@@ -79,8 +80,7 @@ def _loss_per_bin(model, x0: torch.Tensor, labels, bins: int = 5, seed: int = 0,
 def evaluate(cfg: EvalConfig) -> dict:
     if cfg.n < 2:
         raise LiquidgenError("--n must be at least 2")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     t0 = time.time()
     model, config, path = load_run(cfg.run, device=device)
     lat = config["latents"]

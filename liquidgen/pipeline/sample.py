@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 
 
@@ -158,8 +159,7 @@ def sample(cfg: SampleConfig) -> SampleResult:
         raise LiquidgenError(f"--n must be at least 1 (got {cfg.n})")
     if cfg.sampler not in ("euler", "heun"):
         raise LiquidgenError(f"--sampler {cfg.sampler!r} is not one of euler, heun")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     model, config, path = load_run(cfg.run, cfg.checkpoint, device)
     lat = config["latents"]
     labels = pick_labels(lat["label_names"], cfg.n, cfg.class_name)

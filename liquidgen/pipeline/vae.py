@@ -125,7 +125,8 @@ class FrozenVae(nn.Module):
             else:  # moments: mean and logvar side by side, sampled at load time
                 z = torch.cat([dist.mean, dist.logvar], dim=1)
             return z.float()
-        return self.model.encode(x).latents.float()
+        out = self.model.encode(x)  # AutoencoderTiny names it `latents`, AutoencoderDC `latent`
+        return (out.latents if hasattr(out, "latents") else out.latent).float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
