@@ -22,6 +22,7 @@ SECTIONS = {  # name -> (module, title)
     "train": ("train_throughput", "Training throughput: loader overhead and what caching saves"),
     "backbone": ("backbone_cost", "Backbone cost per step against diffusers baselines"),
     "sample": ("sample_speed", "Sampling speed"),
+    "remote": ("remote_cache", "Training from a cache served over HTTP"),
     "eval": ("eval_quality", "Image quality without downloads: the metrics and their noise"),
 }
 RESULTS = ROOT / "benchmarks" / "results"

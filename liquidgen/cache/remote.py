@@ -43,6 +43,12 @@ def _fs(url: str):
         raise LiquidgenError(f"cannot open {url}: {exc}") from None
 
 
+def _open_kwargs(fs) -> dict:
+    """Plain HTTP servers need not support range requests: read HTTP files as one stream."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return {"block_size": 0} if {"http", "https"} & set(protocols) else {}
+
+
 def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
@@ -118,7 +124,7 @@ def read_remote_manifest(url: str) -> dict:
     fs, root = _fs(url)
     path = _join(root, MANIFEST)
     try:
-        with fs.open(path, "rb") as fh:
+        with fs.open(path, "rb", **_open_kwargs(fs)) as fh:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except (OSError, FileNotFoundError) as exc:
         raise LiquidgenError(f"{url} has no readable {MANIFEST} ({exc.__class__.__name__})") from None
@@ -159,7 +165,7 @@ def pull(url: str, cache_dir: str, workers: int = 8, progress: bool = True) -> T
                 src = _join(root, "shards", shard["name"], rel) if rel else _join(root, "shards", shard["name"])
                 dst = tmp / rel if rel else tmp
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                with fs.open(src, "rb") as fin, open(dst, "wb") as fout:
+                with fs.open(src, "rb", **_open_kwargs(fs)) as fin, open(dst, "wb") as fout:
                     while chunk := fin.read(1 << 20):
                         got += len(chunk)
                         if got > shard["bytes"]:  # never store more than the manifest promised
