@@ -12,6 +12,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from liquidgen.devices import resolve_device
+
 LATENT = (32, 16, 16)
 
 
@@ -87,7 +89,7 @@ def _measure(name: str, batch: int, steps: int, device: str, queue) -> None:
 
 
 def run(full: bool = False, device: str = "auto") -> dict:
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    device = resolve_device(device).type
     names = ["liquid-tiny", "dit-8M", "unet-8M", "liquid-small", "dit-30M", "unet-30M"]
     if full:
         names += ["liquid-base", "liquid-large"]

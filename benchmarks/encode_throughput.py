@@ -12,6 +12,7 @@ import torch
 
 from common import TAEF2, Timer, subset
 from liquidgen.cache.shards import dequantize
+from liquidgen.devices import resolve_device
 from liquidgen.cache.store import CacheDir
 from liquidgen.pipeline.encode import EncodeConfig, encode
 from liquidgen.pipeline.images import Preprocess, load_image
@@ -34,7 +35,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(full: bool = False, device: str = "auto") -> dict:
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    device = resolve_device(device)
     per_class = 200 if full else 24
     resolution, batch = (256, 64) if full else (256, 16)
     tmp = Path(tempfile.mkdtemp(prefix="lg-bench-"))

@@ -9,6 +9,7 @@ import multiprocessing as mp
 import torch
 
 from common import TAEF2
+from liquidgen.devices import resolve_device
 
 LATENT = (32, 16, 16)
 
@@ -56,7 +57,7 @@ def _measure(size: str, batch: int, steps: int, decode: bool, device: str, queue
 
 
 def run(full: bool = False, device: str = "auto") -> dict:
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    device = resolve_device(device).type
     sizes = ["tiny", "small", "base", "large"] if full else ["tiny", "small"]
     ctx = mp.get_context("spawn")
     rows = []

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from liquidgen.devices import resolve_device
+
 from common import TAEF2, Timer, subset
 from liquidgen.backbone.unet import LiquidUNet, model_config
 from liquidgen.cache.loader import InMemoryLatents, StreamingLatents
@@ -46,7 +48,7 @@ def _rate(model, opt, batches, device) -> float:
 
 
 def run(full: bool = False, device: str = "auto") -> dict:
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    device = resolve_device(device)
     size, batch, steps, resolution = ("small", 256, 50, 256) if full else ("nano", 32, 12, 128)
     tmp = Path(tempfile.mkdtemp(prefix="lg-bench-"))
     folder = subset(tmp / "images", 40 if not full else 200)
