@@ -17,30 +17,12 @@ from liquidgen.devices import resolve_device
 LATENT = (32, 16, 16)
 
 
-def _build(name: str):
-    from liquidgen.backbone.unet import LiquidUNet, model_config
+def build(options: dict):
+    """A model as `liquidgen train` builds it from --model and the liquid options, class-conditional."""
+    from liquidgen.backbone.models import build_model, model_spec
 
-    if name.startswith("liquid-"):
-        model = LiquidUNet(model_config(name.split("-", 1)[1], num_classes=5))
-        return model, lambda x, t, y: model(x, t, y)
-    if name.startswith("dit-"):
-        from diffusers import DiTTransformer2DModel
-
-        layers, heads = {"dit-8M": (6, 4), "dit-30M": (10, 6)}[name]
-        model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=64, in_channels=LATENT[0],
-                                      out_channels=LATENT[0], num_layers=layers, sample_size=LATENT[1],
-                                      patch_size=2, num_embeds_ada_norm=6)
-        return model, lambda x, t, y: model(x, timestep=t * 1000, class_labels=y).sample
-    if name.startswith("unet-"):
-        from diffusers import UNet2DModel
-
-        ch = {"unet-8M": (64, 128, 192), "unet-30M": (128, 256, 384)}[name]
-        model = UNet2DModel(sample_size=LATENT[1], in_channels=LATENT[0], out_channels=LATENT[0], block_out_channels=ch,
-                            layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-                            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), num_class_embeds=6,
-                            norm_num_groups=32)
-        return model, lambda x, t, y: model(x, t * 1000, class_labels=y).sample
-    raise KeyError(name)
+    liquid = {k: v for k, v in options.items() if k != "model"}
+    return build_model(model_spec(options["model"], LATENT[0], 5, LATENT[1], **liquid))
 
 
 def _peak_rss() -> int:
@@ -50,13 +32,12 @@ def _peak_rss() -> int:
     return 0
 
 
-def _measure(name: str, batch: int, steps: int, device: str, queue) -> None:
+def _measure(name: str, options: dict, batch: int, steps: int, device: str, queue) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
     base_rss = _peak_rss()
-    model, fwd = _build(name)
-    model.to(device).train()
+    model = build(options).to(device).train()
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, *LATENT, device=device)
@@ -64,13 +45,13 @@ def _measure(name: str, batch: int, steps: int, device: str, queue) -> None:
     y = torch.randint(0, 5, (batch,), device=device)
 
     def step():
-        loss = F.mse_loss(fwd(x, t, y), x)
+        loss = F.mse_loss(model(x, t, y), x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     with FlopCounterMode(display=False) as counter:
-        loss = F.mse_loss(fwd(x, t, y), x)
+        loss = F.mse_loss(model(x, t, y), x)
         loss.backward()
     opt.zero_grad(set_to_none=True)
     step()
@@ -88,21 +69,26 @@ def _measure(name: str, batch: int, steps: int, device: str, queue) -> None:
                "seconds_per_step": seconds, "peak_memory_bytes": peak})
 
 
-def run(full: bool = False, device: str = "auto") -> dict:
-    device = resolve_device(device).type
-    names = ["liquid-tiny", "dit-8M", "unet-8M", "liquid-small", "dit-30M", "unet-30M"]
-    if full:
-        names += ["liquid-base", "liquid-large"]
-    batch, steps = (256, 20) if full else (32, 3)
+def measure(configs: dict[str, dict], batch: int, steps: int, device: str) -> list[dict]:
+    """Per-step cost of each named config ({"model": ..., liquid options}), each in a fresh process."""
     ctx = mp.get_context("spawn")
     rows = []
-    for name in names:
+    for name, options in configs.items():
         queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(name, batch, steps, device, queue))
+        proc = ctx.Process(target=_measure, args=(name, options, batch, steps, device, queue))
         proc.start()
         rows.append(queue.get())
         proc.join()
         print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def run(full: bool = False, device: str = "auto") -> dict:
+    device = resolve_device(device).type
+    names = ["tiny", "dit-tiny", "unet-tiny", "small", "dit-small", "unet-small"] + (["base", "large"] if full else [])
+    configs = {("liquid-" + n if n in ("tiny", "small", "base", "large") else n): {"model": n} for n in names}
+    batch, steps = (256, 20) if full else (32, 3)
+    rows = measure(configs, batch, steps, device)
     return {"device": device, "batch_size": batch, "latent": list(LATENT), "steps_timed": steps, "rows": rows}
 
 

@@ -21,6 +21,7 @@ SECTIONS = {  # name -> (module, title)
     "encode": ("encode_throughput", "Encode throughput and storage"),
     "train": ("train_throughput", "Training throughput: loader overhead and what caching saves"),
     "backbone": ("backbone_cost", "Backbone cost per step against diffusers baselines"),
+    "shootout": ("shootout", "Shoot-out at equal training time: liquid vs DiT vs U-Net, and ablations"),
     "sample": ("sample_speed", "Sampling speed"),
     "remote": ("remote_cache", "Training from a cache served over HTTP"),
     "eval": ("eval_quality", "Image quality without downloads: the metrics and their noise"),
@@ -33,13 +34,15 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=list(SECTIONS))
     parser.add_argument("--full", action="store_true", help="GPU-sized settings")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--budget", type=float, help="shootout: training seconds per model (default 100, --full 1800)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.only or list(SECTIONS):
         module = importlib.import_module(SECTIONS[name][0])
         print(f"== {name}", flush=True)
         t0 = time.time()
-        result = module.run(full=args.full, device=args.device)
+        extra = {"budget": args.budget} if name == "shootout" and args.budget else {}
+        result = module.run(full=args.full, device=args.device, **extra)
         meta = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "commit": commit(),
                 "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0)}
         (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "result": result}, indent=1))

@@ -72,7 +72,8 @@ def encode(
 def train(
     cache: str = typer.Option(..., "--cache", "-c", help="Latent cache folder, or a shared cache URL (pulled and verified once)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
-    model: str = typer.Option("small", "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M)."),
+    model: str = typer.Option("small", "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); or a diffusers "
+                              "baseline to compare with: dit-tiny, dit-small, unet-tiny, unet-small."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Global batch size (split across processes)."),
     steps: int = typer.Option(100_000, help="Total optimizer steps."),
     lr: float = typer.Option(2e-4, help="Peak learning rate (AdamW, linear warmup)."),

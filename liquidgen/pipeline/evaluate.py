@@ -61,17 +61,19 @@ def _real_images(cache: str, n: int, seed: int, device) -> tuple[torch.Tensor, t
 
 @torch.no_grad()
 def _loss_per_bin(model, x0: torch.Tensor, labels, bins: int = 5, seed: int = 0, device="cpu") -> dict[str, float]:
-    """Flow-matching loss of the EMA model at fixed t-bin centres, fixed noise."""
+    """Flow-matching loss of the EMA model at fixed t-bin centres, fixed noise; `labels` None for
+    an unconditional run."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=gen)
     out = {}
     for b in range(bins):
         t_val = (b + 0.5) / bins
         losses = []
-        for xs, ns, ys in zip(x0.split(64), noise.split(64), labels.split(64)):
+        for i in range(0, len(x0), 64):
+            xs, ns = x0[i : i + 64], noise[i : i + 64]
             t = torch.full((len(xs),), t_val)
             xt = (1 - t_val) * xs + t_val * ns
-            v = model(xt.to(device), t.to(device), ys.to(device) if model.config.num_classes else None)
+            v = model(xt.to(device), t.to(device), None if labels is None else labels[i : i + 64].to(device))
             losses.append(F.mse_loss(v.float().cpu(), ns - xs, reduction="sum") / xs[0].numel())
         out[f"t={t_val:.1f}"] = float(sum(losses) / len(x0))
     return out
@@ -96,7 +98,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     result = {
         "config": asdict(cfg), "checkpoint": path.name, "model_calls_per_image": calls,
         "metrics": compare(real, fake, cfg.seed),
-        "flow_loss_per_t": _loss_per_bin(model, x0, real_labels, seed=cfg.seed, device=device),
+        "flow_loss_per_t": _loss_per_bin(model, x0, real_labels if lat["label_names"] else None, seed=cfg.seed,
+                                         device=device),
         "seconds": round(time.time() - t0, 1),
     }
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "eval.json"

@@ -94,6 +94,8 @@ class LiquidGenPipeline(DiffusionPipeline):
 
 def export(run: str, out: str, checkpoint: str | None = None) -> Path:
     model, config, _ = load_run(run, checkpoint)
+    if config["model"].get("arch", "liquid") != "liquid":
+        raise LiquidgenError(f"{run} trained the {config['model']['arch']} baseline; export writes liquid models only")
     unet = LiquidUNet2DModel(**config["model"], latents=config["latents"])
     unet.net.load_state_dict(model.state_dict())
     info = config["latents"]["vae"]

@@ -135,7 +135,7 @@ def pick_labels(names: list[str], n: int, class_name: str | None) -> torch.Tenso
 
 def load_run(run: str | Path, checkpoint: str | None = None, device="cpu"):
     """The EMA model of a run and the run's config (normalization, classes, VAE)."""
-    from liquidgen.backbone.unet import LiquidUNet, LiquidUNetConfig
+    from liquidgen.backbone.models import build_model
     from liquidgen.pipeline import checkpoint as ckpt
 
     run = Path(run)
@@ -143,7 +143,7 @@ def load_run(run: str | Path, checkpoint: str | None = None, device="cpu"):
     path = ckpt.checkpoint_dir(run) / checkpoint if checkpoint else ckpt.latest_checkpoint(run)
     if path is None or not (path / "ema.safetensors").exists():
         raise LiquidgenError(f"{run} has no checkpoint{' ' + checkpoint if checkpoint else ''} to sample from")
-    model = LiquidUNet(LiquidUNetConfig(**config["model"]))
+    model = build_model(config["model"])
     model.load_state_dict(ckpt.load_weights(path, "ema"))
     return model.to(device).eval(), config, path
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from liquidgen.backbone.unet import SIZES, LiquidUNet, count_parameters, model_config
+from liquidgen.backbone.models import MODELS, build_model, model_spec
+from liquidgen.backbone.unet import count_parameters
 from liquidgen.cache.loader import open_latents
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline import checkpoint as ckpt
@@ -30,7 +31,7 @@ from liquidgen.pipeline.sample import image_grid, sample_latents
 class TrainConfig:
     cache: str
     out: str
-    model: str = "small"
+    model: str = "small"  # a liquid size, or a diffusers baseline (dit-tiny, unet-small, ...)
     cfc: str | None = None  # override the size's CfC variant: paper | timegate | static
     relax: bool | None = None
     global_path: bool | None = None
@@ -74,10 +75,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _check_memory(config, device: torch.device) -> int:
+def _check_memory(spec: dict, device: torch.device) -> int:
     """Weights, gradients, Adam moments and EMA take ~20 bytes a parameter: refuse what cannot fit."""
     with torch.device("meta"):
-        params = count_parameters(LiquidUNet(config))
+        params = count_parameters(build_model(spec))
     need = params * 20
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
@@ -119,8 +120,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    if cfg.model not in SIZES:
-        raise LiquidgenError(f"unknown --model {cfg.model!r}; sizes: {', '.join(SIZES)}")
+    if cfg.model not in MODELS:
+        raise LiquidgenError(f"unknown --model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -134,10 +135,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             cache_dir = local_copy(cfg.cache, progress=cfg.progress and accelerator.is_local_main_process)
     data = open_latents(cache_dir, cfg.batch_size, cfg.memory_limit_gb, seed=cfg.seed, rank=rank,
                         world=world, device=device if cuda else "cpu")
-    mconf = model_config(cfg.model, in_channels=data.shape[0], num_classes=data.num_classes, cfc=cfg.cfc,
-                         relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels)
-    params = _check_memory(mconf, device)
-    config = {"train": asdict(cfg), "model": mconf.to_dict(), "cache": _cache_identity(data),
+    try:
+        spec = model_spec(cfg.model, data.shape[0], data.num_classes, data.shape[-1], cfc=cfg.cfc,
+                          relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels)
+    except ValueError as exc:
+        raise LiquidgenError(f"{exc}; drop those options") from None
+    params = _check_memory(spec, device)
+    config = {"train": asdict(cfg), "model": spec, "cache": _cache_identity(data),
               # what sampling needs without the cache: undo normalization, name classes, decode
               "latents": {"shape": list(data.shape), "mean": data.manifest["stats"]["mean"][: data.shape[0]],
                           "std": data.manifest["stats"]["std"][: data.shape[0]],
@@ -157,7 +161,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise LiquidgenError(f"{run} is already at step {start_step}; raise --steps to train further")
 
     torch.manual_seed(cfg.seed)
-    model = LiquidUNet(mconf)
+    model = build_model(spec)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     def warmup(s: int) -> float:

@@ -1,0 +1,139 @@
+"""The liquid backbone against diffusers' DiT and U-Net, and ablations of the liquid block, at
+equal training time on the shared paintings (128 px, TAEF2 latents 32x16x16, 5 classes).
+
+Equal time, reproducibly: each configuration's cost per training step is measured first, in its
+own process (`backbone_cost.measure`), and it then trains for ``budget / seconds_per_step``
+steps. The runs are ordinary `liquidgen train` runs (same loop, data order, AdamW, learning
+rate, EMA, batch), and every one is scored by `liquidgen eval` with the same sampler and number
+of model calls (Euler, no guidance). The main models are scored at 1/3, 2/3 and all of the
+budget (the run is resumed in between, which `train` makes bit-for-bit equal to one run).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from backbone_cost import measure
+from common import ROOT, paintings_cache
+from liquidgen.devices import resolve_device
+from liquidgen.pipeline.evaluate import EvalConfig, evaluate
+from liquidgen.pipeline.sample import SampleConfig, sample
+from liquidgen.pipeline.train import TrainConfig, train
+
+MAIN = {"liquid-tiny": {"model": "tiny"}, "dit-tiny": {"model": "dit-tiny"}, "unet-tiny": {"model": "unet-tiny"}}
+MAIN_FULL = {"liquid-small": {"model": "small"}, "dit-small": {"model": "dit-small"}, "unet-small": {"model": "unet-small"}}
+ABLATIONS = {
+    "tiny cfc=timegate": {"model": "tiny", "cfc": "timegate"},
+    "tiny cfc=static": {"model": "tiny", "cfc": "static"},
+    "tiny no relax": {"model": "tiny", "relax": False},
+    "tiny no global path": {"model": "tiny", "global_path": False},
+    "tiny 3x3 only": {"model": "tiny", "kernels": (3,)},
+    "tiny 7x7 only": {"model": "tiny", "kernels": (7,)},
+}
+IMG = ROOT / "docs" / "img"
+
+
+def run(full: bool = False, device: str = "auto", budget: float | None = None) -> dict:
+    device = resolve_device(device).type
+    cache = paintings_cache(128)
+    budget = budget or (1800.0 if full else 60.0)
+    batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 250, 25)  # n as in the eval floor
+    configs = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS}
+    costs = {row["model"]: row for row in measure(configs, batch, 20 if full else 3, device)}
+    work = Path(tempfile.mkdtemp(prefix="lg-shootout-"))
+    rows = []
+    for name, options in configs.items():
+        sec = costs[name]["seconds_per_step"]
+        steps = max(3, int(budget / sec))
+        # the main models are also scored on the way (an eval costs ~80 s on 2 CPU cores: not for short budgets)
+        main = name in MAIN or name in MAIN_FULL
+        points = [steps // 3, 2 * steps // 3, steps] if main and budget >= 300 else [steps]
+        run_dir = work / name.replace(" ", "_").replace("=", "-")
+        curve = []
+        for i, stop in enumerate(points):
+            train(TrainConfig(cache=str(cache), out=str(run_dir), batch_size=batch, steps=stop, lr=3e-4,
+                              warmup=min(100, steps // 10), log_every=10, ckpt_every=steps, preview_every=0,
+                              resume=i > 0, progress=False, device=device, **options))
+            scored = evaluate(EvalConfig(run=str(run_dir), cache=str(cache), n=n_eval, steps=eval_steps,
+                                         out=str(run_dir / f"eval-{stop}.json"), device=device))
+            curve.append({"step": stop, "seconds": stop * sec, **scored["metrics"],
+                          "flow_loss_per_t": scored["flow_loss_per_t"]})
+            print(name, json.dumps(curve[-1]), flush=True)
+        logged = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+        rows.append({"name": name, "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+                     **costs[name], "steps": steps, "loss": [[s, logged[s]] for s in sorted(logged)], "curve": curve})
+        if main:
+            grid = sample(SampleConfig(run=str(run_dir), out=str(work / "grids" / name), n=15, steps=eval_steps,
+                                       device=device)).grid
+            IMG.mkdir(parents=True, exist_ok=True)
+            shutil.copy(grid, IMG / f"shootout-{name}.png")
+    shutil.rmtree(work, ignore_errors=True)
+    result = {"device": device, "budget_s": budget, "batch_size": batch, "n_eval": n_eval, "eval_steps": eval_steps,
+              "lr": 3e-4, "rows": rows}
+    _plot(result)
+    return result
+
+
+def _plot(r: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), dpi=110)
+    for row in r["rows"]:
+        main = not row["name"].startswith("tiny ")
+        style = {"lw": 1.6 if main else 0.9, "ls": "-" if main else "--"}
+        loss = torch.tensor([v for _, v in row["loss"]])
+        smooth = [float(loss[max(0, i - 4) : i + 1].mean()) for i in range(len(loss))]  # 50-step mean
+        axes[0].plot([s * row["seconds_per_step"] for s, _ in row["loss"]], smooth, label=row["name"], **style)
+        xs = [c["seconds"] for c in row["curve"]]
+        for ax, key in zip(axes[1:], ("swd_mean", "fd_random")):
+            ax.plot(xs, [c[key] for c in row["curve"]], marker="o", label=row["name"], **style)
+    for ax, label in zip(axes, ("training loss (mean of the last 50 steps)", "SWD ×1e3 (lower is better)",
+                                "random-feature FD (lower is better)")):
+        ax.set_xlabel(f"training time on {r['device']} (s, from measured s/step)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(IMG / "shootout-curves.png")
+    plt.close(fig)
+
+
+def markdown(r: dict) -> str:
+    memory = "peak GPU memory" if r["device"] == "cuda" else "peak RSS growth"
+    head = (f"| model | params | GFLOPs/step | s/step | steps in {r['budget_s']:.0f} s | {memory} | loss (last 10 steps) | "
+            "SWD | FD | KID | precision | recall |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = []
+    for row in r["rows"]:
+        m = row["curve"][-1]
+        lines.append(f"| {row['name']} | {row['params'] / 1e6:.1f}M | {row['gflops_per_step']:.0f} | "
+                     f"{row['seconds_per_step']:.3f} | {row['steps']} | {row['peak_memory_bytes'] / 2**20:.0f} MiB | "
+                     f"{row['loss'][-1][1]:.3f} | {m['swd_mean']:.1f} | {m['fd_random']:.2f} | {m['kid_random']:.1f} | "
+                     f"{m['precision']:.2f} | {m['recall']:.2f} |")
+    main = [row["name"] for row in r["rows"] if not row["name"].startswith("tiny ")]
+    grids = " ".join(f"| ![{n}](img/shootout-{n}.png)" for n in main)
+    return f"""\
+Each model trains for the same {r['budget_s']:.0f} s of {r['device']} time at batch {r['batch_size']}
+(steps = budget ÷ its measured s/step), AdamW lr {r['lr']}, EMA, logit-normal t, class dropout 0.1,
+on `cache/paintings128`; then `liquidgen eval` with {r['n_eval']} samples a side, {r['eval_steps']}
+Euler steps (one model call each), no guidance. Metrics as in the eval section below (its
+real-vs-real floor gives each number's noise). Lower is better except precision and recall.
+
+{head}
+{chr(10).join(lines)}
+
+![metric against training time](img/shootout-curves.png)
+
+Samples at the end of the budget (15 each, classes in turn, seed 0, {r['eval_steps']} Euler steps):
+
+| {' | '.join(main)} |
+|{'---|' * len(main)}
+{grids} |
+"""
