@@ -55,15 +55,18 @@ def _measure(name: str, options: dict, batch: int, steps: int, device: str, queu
         loss.backward()
     opt.zero_grad(set_to_none=True)
     step()
+    step()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    times = []
+    for _ in range(steps):  # the median step: robust to a stray slow one on a shared CPU
+        t0 = time.perf_counter()
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t0) / steps
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    seconds = sorted(times)[len(times) // 2]
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss() - base_rss
     queue.put({"model": name, "params": params, "gflops_per_step": counter.get_total_flops() / 1e9,
                "seconds_per_step": seconds, "peak_memory_bytes": peak})
@@ -95,7 +98,7 @@ def run(full: bool = False, device: str = "auto") -> dict:
 def markdown(r: dict) -> str:
     memory = "peak GPU memory" if r["device"] == "cuda" else "peak RSS growth"
     lines = [f"Batch {r['batch_size']} of {'x'.join(map(str, r['latent']))} latents on {r['device']}, class-conditional, "
-             f"forward + backward + AdamW, {r['steps_timed']} timed steps after one warm-up. GFLOPs are counted by "
+             f"forward + backward + AdamW, the median of {r['steps_timed']} timed steps after two warm-up steps. GFLOPs are counted by "
              "`torch.utils.flop_counter` (forward and backward).\n",
              f"| model | params | GFLOPs/step | s/step | latents/s | {memory} |", "|---|---|---|---|---|---|"]
     for row in r["rows"]:

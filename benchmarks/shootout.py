@@ -44,7 +44,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None) -
     budget = budget or (1800.0 if full else 60.0)
     batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 250, 25)  # n as in the eval floor
     configs = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS}
-    costs = {row["model"]: row for row in measure(configs, batch, 20 if full else 3, device)}
+    costs = {row["model"]: row for row in measure(configs, batch, 20 if full else 9, device)}
     work = Path(tempfile.mkdtemp(prefix="lg-shootout-"))
     rows = []
     for name, options in configs.items():
