@@ -70,7 +70,7 @@ def encode(
 
 @app.command()
 def train(
-    cache: str = typer.Option(..., "--cache", "-c", help="Latent cache folder, or a shared cache URL (pulled and verified once)."),
+    cache: str = typer.Option(..., "--cache", "-c", help="Latent cache folder, or a shared cache URL (streamed: shards fetched and sha256-checked as training reaches them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
     model: str = typer.Option("small", "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); or a diffusers "
                               "baseline to compare with: dit-tiny, dit-small, unet-tiny, unet-small."),
@@ -90,6 +90,8 @@ def train(
     preview_n: int = typer.Option(16, help="Images in a preview grid."),
     seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
     memory_limit_gb: float = typer.Option(4.0, help="Caches bigger than this (float32) are streamed shard by shard."),
+    keep_shards: bool = typer.Option(True, "--keep-shards/--no-keep-shards",
+                                     help="A remote cache's shards stay on disk after they are read ($LIQUIDGEN_HOME/caches)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     device: str = typer.Option("auto", help="auto or cpu."),
 ) -> None:
@@ -101,7 +103,7 @@ def train(
         resume=resume, cfc=cfc, relax=relax, global_path=global_path,
         kernels=tuple(int(k) for k in kernels.split(",")) if kernels else None, ema=ema,
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
-        seed=seed, memory_limit_gb=memory_limit_gb, compile=compile, device=device,
+        seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, compile=compile, device=device,
     )
     result = run(cfg)
     console.print(f"{out}: step {result.step} in {result.seconds:.0f}s; checkpoints in {out}/checkpoints, "

@@ -13,10 +13,11 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TAEF2
-from liquidgen.cache.loader import InMemoryLatents
-from liquidgen.cache.remote import pull, push
+from liquidgen.cache.loader import InMemoryLatents, StreamingLatents
+from liquidgen.cache.remote import RemoteShards, home_folder, pull, push
 from liquidgen.cache.shards import read_tar, shard_digest
 from liquidgen.cache.store import CacheDir, verify_cache
 from liquidgen.errors import LiquidgenError
@@ -39,8 +40,11 @@ def http_server(tmp_path):
     """A plain `http.server` on 127.0.0.1 serving tmp_path/www."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
@@ -94,6 +98,36 @@ def test_train_straight_from_a_cache_served_over_http(cache, tmp_path, http_serv
     result = train(TrainConfig(cache=f"{base}/paintings", out=str(tmp_path / "run"), model="nano", batch_size=4,
                                steps=3, preview_every=0, progress=False))
     assert result.step == 3 and np.isfinite(result.losses).all()
+    # the streamed shards were kept, verified: the folder is now a complete local cache
+    kept = home_folder(f"{base}/paintings")
+    assert verify_cache(kept)[1] == [] and read_all(kept)[2] == read_all(cache)[2]
+
+
+def test_streaming_from_a_url_gives_the_batches_of_the_local_cache(cache, tmp_path, http_server):
+    root, base = http_server
+    push(str(cache), f"file://{root / 'paintings'}", progress=False)
+    local = StreamingLatents(str(cache), 4, buffer_shards=2, seed=3)
+    remote = StreamingLatents(f"{base}/paintings", 4, buffer_shards=2, seed=3,
+                              remote=RemoteShards(f"{base}/paintings", tmp_path / "streamed", keep=False))
+    for epoch in range(2):  # the second epoch's first buffer is fetched during the first
+        for (a, la), (b, lb) in zip(local.batches(epoch), remote.batches(epoch), strict=True):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+    remote.pool.shutdown(wait=True)
+    assert not list((tmp_path / "streamed" / "shards").iterdir())  # --no-keep-shards: nothing left behind
+
+
+def test_a_corrupt_remote_shard_stops_streaming_before_it_is_trained_on(cache, tmp_path, http_server, monkeypatch):
+    root, base = http_server
+    push(str(cache), f"file://{root / 'paintings'}", progress=False)
+    shard = sorted(p for p in (root / "paintings" / "shards").iterdir() if p.suffix != ".sha256")[1]
+    target = shard if shard.is_file() else sorted(p for p in shard.rglob("*") if p.is_file())[-1]
+    target.write_bytes(target.read_bytes()[:-1] + bytes([target.read_bytes()[-1] ^ 1]))
+    monkeypatch.setenv("LIQUIDGEN_HOME", str(tmp_path / "home"))
+    with pytest.raises(LiquidgenError, match="does not match its sha256"):
+        train(TrainConfig(cache=f"{base}/paintings", out=str(tmp_path / "run"), model="nano", batch_size=4,
+                          steps=3, preview_every=0, progress=False))
+    assert not (home_folder(f"{base}/paintings") / "shards" / shard.name).exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_shard_with_a_wrong_checksum_is_never_kept(cache, tmp_path):

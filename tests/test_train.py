@@ -126,3 +126,28 @@ def test_two_processes_train_one_run(cache40, tmp_path):
     assert [r["step"] for r in records] == [2, 4, 6]  # written once, by rank 0
     assert "2 process(es)" in done.stdout
     assert (tmp_path / "run" / "checkpoints" / "step-0000006" / "ema.safetensors").exists()
+
+
+@pytest.mark.parametrize("baseline", ["dit-tiny", "unet-tiny"])
+def test_diffusers_baselines_train_resume_and_sample_through_the_same_loop(cache40, tmp_path, baseline):
+    from liquidgen.pipeline.evaluate import EvalConfig, evaluate
+    from liquidgen.pipeline.sample import SampleConfig, sample
+
+    run = tmp_path / baseline
+    whole = train(tcfg(cache40, tmp_path / "whole", model=baseline, steps=6, lr=3e-4, ckpt_every=3))
+    train(tcfg(cache40, run, model=baseline, steps=3, lr=3e-4, ckpt_every=3))
+    resumed = train(tcfg(cache40, run, model=baseline, steps=6, lr=3e-4, ckpt_every=3, resume=True))
+    assert resumed.losses == whole.losses[3:]  # the class dropout is the loop's, seeded: no hidden RNG
+    assert json.loads((run / "config.json").read_text())["model"]["arch"] in ("dit", "unet2d")
+    assert len(sample(SampleConfig(run=str(run), out=str(tmp_path / "s"), n=2, steps=2, cfg_scale=2.0)).images) == 2
+    scored = evaluate(EvalConfig(run=str(run), cache=str(cache40), n=8, steps=2))
+    assert scored["metrics"]["fd_random"] > 0
+    out = run_cli("export", "--run", str(run), "--out", str(tmp_path / "pipe"))
+    assert out.returncode == 1 and "export writes liquid models only" in out.stderr
+
+
+def test_liquid_options_are_refused_for_a_baseline(cache40, tmp_path):
+    with pytest.raises(LiquidgenError, match="cfc apply to the liquid models only"):
+        train(tcfg(cache40, tmp_path / "run", model="dit-tiny", cfc="static"))
+    with pytest.raises(LiquidgenError, match="unknown --model 'dit-huge'.*dit-tiny"):
+        train(tcfg(cache40, tmp_path / "run", model="dit-huge"))

@@ -5,7 +5,10 @@ Two paths, one interface (`batches(epoch)` yielding (latents, labels) on the dev
 * `InMemoryLatents` holds the whole cache as one tensor (on the GPU when it fits) and indexes
   batches there: for caches up to a few GB this is as fast as data can be.
 * `StreamingLatents` reads shards in a shuffled order, `buffer_shards` at a time, and shuffles
-  across the buffer: larger-than-memory caches with cross-shard shuffling.
+  across the buffer: larger-than-memory caches with cross-shard shuffling. The next buffer is
+  read (or, for a remote cache, fetched and verified) in the background, across epochs too.
+  A remote cache (any fsspec URL) is always streamed this way: training starts as soon as the
+  first buffer has arrived.
 
 Normalization uses the manifest's per-channel mean/std, so the cache stays raw. Order depends
 only on (seed, epoch, rank), which makes a resumed run see exactly the batches it would have.
@@ -14,20 +17,24 @@ only on (seed, epoch, rank), which makes a resumed run see exactly the batches i
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from liquidgen.cache.remote import RemoteShards
 from liquidgen.cache.shards import dequantize
 from liquidgen.cache.store import CacheDir, require_complete
 
 
 class _Base:
     def __init__(self, root: str, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 device: str | torch.device = "cpu"):
-        self.cache = CacheDir(root)
-        self.manifest = require_complete(root)
+                 device: str | torch.device = "cpu", remote: RemoteShards | None = None):
+        self.remote = remote
+        self.cache = remote.cache if remote else CacheDir(root)
+        self.manifest = remote.manifest if remote else require_complete(root)
+        self.location = remote.url if remote else str(self.cache.root.resolve())
         st = self.manifest["storage"]
         self.backend, self.dtype, self.quant = st["backend"], st["dtype"], st.get("quant")
         self.moments = st["stored"] == "moments"
@@ -49,7 +56,11 @@ class _Base:
         return len(self.manifest["label_names"])
 
     def _shard(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        if self.remote:
+            self.remote.ensure(name)
         data = self.cache.read(name, self.backend)
+        if self.remote:
+            self.remote.release(name)
         lat = torch.from_numpy(dequantize(data.latents, self.dtype, self.quant))
         flp = torch.from_numpy(dequantize(data.flipped, self.dtype, self.quant)) if data.flipped is not None else None
         return lat, flp, torch.from_numpy(data.labels.astype(np.int64))
@@ -102,40 +113,59 @@ class StreamingLatents(_Base):
         super().__init__(*args, **kwargs)
         self.buffer_shards = buffer_shards
         self.names = [s["name"] for s in self.manifest["shards"] if s["count"]]
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead")
+        self.ahead: dict[int, list[Future]] = {}  # epoch -> its first buffer, requested early
+        self.resident: list[tuple] | None = None  # the whole cache, when it is one buffer
 
-    def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from concurrent.futures import ThreadPoolExecutor
-
+    def _groups(self, epoch: int) -> tuple[torch.Generator, list[list[str]]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         names = [self.names[i] for i in torch.randperm(len(self.names), generator=gen)]
-        groups = [names[i : i + self.buffer_shards] for i in range(0, len(names), self.buffer_shards)]
+        return gen, [names[i : i + self.buffer_shards] for i in range(0, len(names), self.buffer_shards)]
+
+    def _request(self, group: list[str]) -> list[Future]:
+        return [self.pool.submit(self._shard, name) for name in group]
+
+    def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen, groups = self._groups(epoch)
+        if len(groups) == 1 and self.resident is None:  # small enough to keep: read once
+            self.resident = [f.result() for f in self.ahead.pop(epoch, None) or self._request(self.names)]
         carry: list[tuple] = []
         made = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
-            # Read the next group of shards while the current one is being trained on.
-            pending = pool.submit(lambda g: [self._shard(n) for n in g], groups[0]) if groups else None
-            for i in range(len(groups)):
-                parts = carry + pending.result()
-                pending = pool.submit(lambda g: [self._shard(n) for n in g], groups[i + 1]) if i + 1 < len(groups) else None
-                lat = torch.cat([p[0] for p in parts])
-                flp = torch.cat([p[1] for p in parts]) if self.flip else None
-                lab = torch.cat([p[2] for p in parts])
-                order = torch.randperm(len(lat), generator=gen)
-                full = len(lat) // self.batch_size
-                for b in range(full):
-                    if made >= self.steps_per_epoch():
-                        return
-                    idx = order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
-                    made += 1
-                    if made <= skip:
-                        continue
-                    yield self._finish(lat[idx], flp[idx] if flp is not None else None, lab[idx], self._batch_gen(epoch, made))
-                rest = order[full * self.batch_size :]
-                carry = [(lat[rest], flp[rest] if flp is not None else None, lab[rest])]
+        pending = self.ahead.pop(epoch, None) or (self._request(groups[0]) if self.resident is None else [])
+        for i, group in enumerate(groups):
+            if self.resident is not None:  # the same shards each epoch, in the epoch's order
+                by_name = dict(zip(self.names, self.resident))
+                parts = carry + [by_name[n] for n in group]
+            else:
+                parts = carry + [f.result() for f in pending]
+                # read the next buffer (the next epoch's first) while this one is trained on
+                pending = self._request(groups[i + 1]) if i + 1 < len(groups) else []
+                if i + 1 == len(groups):
+                    self.ahead[epoch + 1] = self._request(self._groups(epoch + 1)[1][0])
+            lat = torch.cat([p[0] for p in parts])
+            flp = torch.cat([p[1] for p in parts]) if self.flip else None
+            lab = torch.cat([p[2] for p in parts])
+            order = torch.randperm(len(lat), generator=gen)
+            full = len(lat) // self.batch_size
+            for b in range(full):
+                if made >= self.steps_per_epoch():
+                    return
+                idx = order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
+                made += 1
+                if made <= skip:
+                    continue
+                yield self._finish(lat[idx], flp[idx] if flp is not None else None, lab[idx], self._batch_gen(epoch, made))
+            rest = order[full * self.batch_size :]
+            carry = [(lat[rest], flp[rest] if flp is not None else None, lab[rest])]
 
 
-def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, **kwargs) -> _Base:
-    """In memory when the cache's float32 size fits `memory_limit_gb`, else streamed."""
+def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, keep_shards: bool = True,
+                 **kwargs) -> _Base:
+    """In memory when the cache's float32 size fits `memory_limit_gb`, else streamed; a URL
+    (any fsspec location) is streamed, its shards fetched and verified as they are needed."""
+    if "://" in root:
+        remote = RemoteShards(root, keep=keep_shards)
+        return StreamingLatents(root, batch_size, remote=remote, **kwargs)
     manifest = require_complete(root)
     shape = manifest["storage"]["latent_shape"]
     copies = 2 if manifest["storage"]["flip"] == "both" else 1

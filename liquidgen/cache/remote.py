@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,54 +141,60 @@ def read_remote_manifest(url: str) -> dict:
     return manifest
 
 
-def pull(url: str, cache_dir: str, workers: int = 8, progress: bool = True) -> Transfer:
-    manifest = read_remote_manifest(url)
+def fetch_shard(url: str, shard: dict, cache: CacheDir, on_bytes=lambda n: None) -> bool:
+    """Download one shard of the cache at `url` into `cache`, keeping it only if its size and
+    sha256 match the manifest entry. False when a matching copy was already there."""
     fs, root = _fs(url)
+    final = cache.shard_path(shard["name"])
+    if final.exists() and shard_digest(final) == (shard["sha256"], shard["bytes"]):
+        on_bytes(shard["bytes"])
+        return False
+    tmp = final.with_name(f".{final.name}.part{os.getpid()}-{threading.get_ident()}")
+    got = 0
+    try:
+        for rel in shard.get("files") or [""]:
+            src = _join(root, "shards", shard["name"], rel) if rel else _join(root, "shards", shard["name"])
+            dst = tmp / rel if rel else tmp
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open(src, "rb", **_open_kwargs(fs)) as fin, open(dst, "wb") as fout:
+                while chunk := fin.read(1 << 20):
+                    got += len(chunk)
+                    if got > shard["bytes"]:  # never store more than the manifest promised
+                        raise LiquidgenError(f"shard {shard['name']} is larger than its manifest entry: refusing it")
+                    fout.write(chunk)
+                    on_bytes(len(chunk))
+        if shard_digest(tmp) != (shard["sha256"], shard["bytes"]):
+            raise LiquidgenError(f"shard {shard['name']} from {url} does not match its sha256: refusing it")
+        if final.is_dir():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except (OSError, FileNotFoundError) as exc:
+        raise LiquidgenError(f"cannot fetch shard {shard['name']} from {url} ({exc.__class__.__name__}: "
+                             f"{str(exc)[:120]}); rerun to resume") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    return True
+
+
+def _open_local(url: str, cache_dir: str | Path, manifest: dict) -> CacheDir:
     cache = CacheDir(cache_dir)
     if cache.exists():
         from liquidgen.cache.manifest import check_contract
 
-        check_contract(cache.manifest(), manifest, cache_dir)
+        check_contract(cache.manifest(), manifest, str(cache_dir))
     cache.shards_dir.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
+def pull(url: str, cache_dir: str, workers: int = 8, progress: bool = True) -> Transfer:
+    manifest = read_remote_manifest(url)
+    cache = _open_local(url, cache_dir, manifest)
     bar = tqdm(total=sum(s["bytes"] for s in manifest["shards"]), unit="B", unit_scale=True,
                desc=f"pull {Path(cache_dir).name}", disable=not progress)
-
-    def fetch(shard: dict) -> bool:
-        final = cache.shard_path(shard["name"])
-        if final.exists() and shard_digest(final) == (shard["sha256"], shard["bytes"]):
-            bar.update(shard["bytes"])
-            return False
-        tmp = final.with_name(f".{final.name}.part{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        got = 0
-        try:
-            for rel in shard.get("files") or [""]:
-                src = _join(root, "shards", shard["name"], rel) if rel else _join(root, "shards", shard["name"])
-                dst = tmp / rel if rel else tmp
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                with fs.open(src, "rb", **_open_kwargs(fs)) as fin, open(dst, "wb") as fout:
-                    while chunk := fin.read(1 << 20):
-                        got += len(chunk)
-                        if got > shard["bytes"]:  # never store more than the manifest promised
-                            raise LiquidgenError(f"shard {shard['name']} is larger than its manifest entry: refusing it")
-                        fout.write(chunk)
-                        bar.update(len(chunk))
-            if shard_digest(tmp) != (shard["sha256"], shard["bytes"]):
-                raise LiquidgenError(f"shard {shard['name']} from {url} does not match its sha256: refusing it")
-            if final.is_dir():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except (OSError, FileNotFoundError) as exc:
-            raise LiquidgenError(f"cannot fetch shard {shard['name']} from {url} ({exc.__class__.__name__}: "
-                                 f"{str(exc)[:120]}); rerun to resume") from None
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        return True
-
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(fetch, manifest["shards"]))
+            results = list(pool.map(lambda s: fetch_shard(url, s, cache, bar.update), manifest["shards"]))
     finally:
         bar.close()
     write_json_atomic(cache.manifest_path, manifest)  # last: the cache is complete only now
@@ -195,12 +202,39 @@ def pull(url: str, cache_dir: str, workers: int = 8, progress: bool = True) -> T
     return Transfer(sent, len(results) - sent, sum(s["bytes"] for s, r in zip(manifest["shards"], results) if r))
 
 
-def local_copy(url: str, progress: bool = True) -> str:
-    """A verified local copy of a remote cache, kept under $LIQUIDGEN_HOME/caches for reuse:
-    training from a URL pulls once (resumably), then reads from disk."""
+def home_folder(url: str) -> Path:
+    """Where shards of the cache at `url` are kept: $LIQUIDGEN_HOME/caches/<hash of the URL>."""
     import hashlib
 
     home = Path(os.environ.get("LIQUIDGEN_HOME", Path.home() / ".cache" / "liquidgen"))
-    folder = home / "caches" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-    pull(url, str(folder), progress=progress)
-    return str(folder)
+    return home / "caches" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+class RemoteShards:
+    """The shards of a remote cache, fetched when a reader asks for them and verified before
+    anyone reads them. With `keep`, they stay in `folder` (later epochs and runs read the disk,
+    and once all are there the folder is a complete local cache); without, each is deleted as
+    soon as it has been read."""
+
+    def __init__(self, url: str, folder: str | Path | None = None, keep: bool = True):
+        self.url, self.keep = url, keep
+        self.manifest = read_remote_manifest(url)
+        self.cache = _open_local(url, folder or home_folder(url), self.manifest)
+        self.entries = {s["name"]: s for s in self.manifest["shards"]}
+        self.ready: set[str] = set()  # verified by this process
+        self._lock = threading.Lock()
+
+    def ensure(self, name: str) -> None:
+        if name in self.ready and self.cache.shard_path(name).exists():
+            return
+        fetch_shard(self.url, self.entries[name], self.cache)
+        with self._lock:
+            self.ready.add(name)
+            if self.keep and len(self.ready) == len(self.entries) and not self.cache.exists():
+                write_json_atomic(self.cache.manifest_path, self.manifest)  # every shard is here now
+
+    def release(self, name: str) -> None:
+        if not self.keep:
+            path = self.cache.shard_path(name)
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            self.ready.discard(name)

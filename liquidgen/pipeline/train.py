@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     memory_limit_gb: float = 4.0  # caches larger than this (as float32) are streamed
+    keep_shards: bool = True  # a remote cache's fetched shards stay under $LIQUIDGEN_HOME/caches
     compile: bool = False
     device: str = "auto"
     progress: bool = True
@@ -99,7 +100,7 @@ def _check_memory(spec: dict, device: torch.device) -> int:
 def _cache_identity(data) -> dict:
     m = data.manifest
     stats = json.dumps(m["stats"]["mean"] + m["stats"]["std"]).encode()
-    return {"path": str(Path(data.cache.root).resolve()), "count": m["count"], "vae": m["vae"]["id"],
+    return {"path": data.location, "count": m["count"], "vae": m["vae"]["id"],
             "latent_shape": m["storage"]["latent_shape"], "label_names": m["label_names"],
             "stats_sha256": hashlib.sha256(stats).hexdigest()[:16]}
 
@@ -127,14 +128,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     run = Path(cfg.out)
 
-    cache_dir = cfg.cache
-    if "://" in cfg.cache:  # a shared cache: verified local copy first (main process), then read it
-        from liquidgen.cache.remote import local_copy
-
-        with accelerator.main_process_first():
-            cache_dir = local_copy(cfg.cache, progress=cfg.progress and accelerator.is_local_main_process)
-    data = open_latents(cache_dir, cfg.batch_size, cfg.memory_limit_gb, seed=cfg.seed, rank=rank,
-                        world=world, device=device if cuda else "cpu")
+    data = open_latents(cfg.cache, cfg.batch_size, cfg.memory_limit_gb, keep_shards=cfg.keep_shards, seed=cfg.seed,
+                        rank=rank, world=world, device=device if cuda else "cpu")
     try:
         spec = model_spec(cfg.model, data.shape[0], data.num_classes, data.shape[-1], cfc=cfg.cfc,
                           relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels)
