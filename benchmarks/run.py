@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # all, small enough for 2 CPU cores
     python benchmarks/run.py --only encode   # one section; the others are re-rendered from JSON
     python benchmarks/run.py --full          # the GPU-sized settings
+    python benchmarks/run.py --only shootout --budget 300   # a longer shoot-out (~70 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=list(SECTIONS))
     parser.add_argument("--full", action="store_true", help="GPU-sized settings")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--budget", type=float, help="shootout: training seconds per model (default 100, --full 1800)")
+    parser.add_argument("--budget", type=float, help="shootout: training seconds per model (default 40 on a CPU, 1800 with --full)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.only or list(SECTIONS):

@@ -41,7 +41,7 @@ IMG = ROOT / "docs" / "img"
 def run(full: bool = False, device: str = "auto", budget: float | None = None) -> dict:
     device = resolve_device(device).type
     cache = paintings_cache(128)
-    budget = budget or (1800.0 if full else 60.0)
+    budget = budget or (1800.0 if full else 40.0)
     batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 250, 25)  # n as in the eval floor
     configs = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS}
     costs = {row["model"]: row for row in measure(configs, batch, 20 if full else 9, device)}

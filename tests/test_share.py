@@ -227,3 +227,17 @@ def test_push_and_pull_from_the_command_line(cache, tmp_path):
     missing = run_cli("cache", "pull", f"file://{tmp_path}/nothing-here", str(tmp_path / "x"))
     assert missing.returncode == 1 and "has no readable manifest.json" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_hf_urls_take_the_same_fsspec_path_through_huggingface_hub(monkeypatch):
+    """No network here: check the route only — `hf://` resolves to huggingface_hub's
+    HfFileSystem, and an unreachable Hub is one clear line, not a traceback."""
+    from huggingface_hub import HfFileSystem
+
+    from liquidgen.cache.remote import _fs, read_remote_manifest
+
+    fs, root = _fs("hf://datasets/me/paintings-flux-256")
+    assert isinstance(fs, HfFileSystem) and root == "datasets/me/paintings-flux-256"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LiquidgenError, match="hf://datasets/me/paintings-flux-256"):
+        read_remote_manifest("hf://datasets/me/paintings-flux-256")

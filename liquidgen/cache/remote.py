@@ -79,8 +79,8 @@ Licence: these latents inherit the licence of the source images; check it before
 Train on it without re-encoding:
 
 ```bash
-liquidgen cache pull <this URL> cache/mine && liquidgen cache verify cache/mine
-liquidgen train --cache cache/mine --out runs/mine
+liquidgen train --cache <this URL> --out runs/mine        # streamed, each shard sha256-checked
+liquidgen cache pull <this URL> cache/mine && liquidgen cache verify cache/mine   # or a local copy
 ```
 """
 
@@ -114,7 +114,7 @@ def push(cache_dir: str, url: str, progress: bool = True) -> Transfer:
             bar.update(shard["bytes"])
         fs.pipe_file(_join(root, "README.md"), dataset_card(manifest).encode())
         fs.pipe_file(_join(root, MANIFEST), json.dumps(manifest, indent=1).encode())  # last
-    except OSError as exc:
+    except Exception as exc:  # any backend's error type; markers make the rerun resume
         raise LiquidgenError(f"push to {url} failed ({exc.__class__.__name__}: {exc}); rerun to resume") from None
     finally:
         bar.close()
@@ -127,8 +127,8 @@ def read_remote_manifest(url: str) -> dict:
     try:
         with fs.open(path, "rb", **_open_kwargs(fs)) as fh:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
-    except (OSError, FileNotFoundError) as exc:
-        raise LiquidgenError(f"{url} has no readable {MANIFEST} ({exc.__class__.__name__})") from None
+    except Exception as exc:  # fsspec backends raise their own types (httpx, aiohttp, botocore, ...)
+        raise LiquidgenError(f"{url} has no readable {MANIFEST} ({exc.__class__.__name__}: {str(exc)[:120]})") from None
     if len(raw) > MAX_MANIFEST_BYTES:
         raise LiquidgenError(f"{url}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes: refusing it")
     try:
@@ -168,7 +168,9 @@ def fetch_shard(url: str, shard: dict, cache: CacheDir, on_bytes=lambda n: None)
         if final.is_dir():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except (OSError, FileNotFoundError) as exc:
+    except LiquidgenError:
+        raise
+    except Exception as exc:  # any backend's network or file error: the shard is simply not here yet
         raise LiquidgenError(f"cannot fetch shard {shard['name']} from {url} ({exc.__class__.__name__}: "
                              f"{str(exc)[:120]}); rerun to resume") from None
     finally:
