@@ -96,7 +96,7 @@ def test_refusals(cache40, tmp_path, paintings40):
     with pytest.raises(LiquidgenError, match="pick a smaller --model"):
         import torch
 
-        _check_memory(LiquidUNetConfig(channels=(4096, 8192, 16384), blocks=(2, 2, 2)), torch.device("cpu"))
+        _check_memory(LiquidUNetConfig(channels=(4096, 8192, 16384), blocks=(2, 2, 2)).to_dict(), torch.device("cpu"))
 
 
 def test_an_unfinished_or_empty_cache_is_refused(paintings40, tmp_path):
