@@ -36,15 +36,16 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="GPU-sized settings")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--budget", type=float, help="shootout: training seconds per model (default 40 on a CPU, 1800 with --full)")
+    parser.add_argument("--configs", help="shootout: only these configs (comma-separated), merged into the last results")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.only or list(SECTIONS):
         module = importlib.import_module(SECTIONS[name][0])
         print(f"== {name}", flush=True)
-        t0 = time.time()
-        extra = {"budget": args.budget} if name == "shootout" and args.budget else {}
+        t0, at = time.time(), commit()  # the code that runs is the code at the start
+        extra = {k: v for k, v in (("budget", args.budget), ("configs", args.configs)) if v and name == "shootout"}
         result = module.run(full=args.full, device=args.device, **extra)
-        meta = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "commit": commit(),
+        meta = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "commit": at,
                 "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0)}
         (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "result": result}, indent=1))
         print(module.markdown(result))

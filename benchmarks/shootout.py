@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from backbone_cost import measure
-from common import ROOT, paintings_cache
+from common import ROOT, commit, paintings_cache
 from liquidgen.devices import resolve_device
 from liquidgen.pipeline.evaluate import EvalConfig, evaluate
 from liquidgen.pipeline.sample import SampleConfig, sample
@@ -34,16 +34,36 @@ ABLATIONS = {
     "tiny no global path": {"model": "tiny", "global_path": False},
     "tiny 3x3 only": {"model": "tiny", "kernels": (3,)},
     "tiny 7x7 only": {"model": "tiny", "kernels": (7,)},
+    "tiny + layout 4x4": {"model": "tiny", "grid": 4},  # the fix the ablations above point to
+    "tiny 7x7 + layout 4x4": {"model": "tiny", "kernels": (7,), "grid": 4},
 }
 IMG = ROOT / "docs" / "img"
 
 
-def run(full: bool = False, device: str = "auto", budget: float | None = None) -> dict:
+def run(full: bool = False, device: str = "auto", budget: float | None = None, configs: str | None = None) -> dict:
+    """`configs` (comma-separated names): run only these and merge them into the last results,
+    which must have the same settings; each row keeps the commit it was measured at."""
     device = resolve_device(device).type
     cache = paintings_cache(128)
     budget = budget or (1800.0 if full else 40.0)
     batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 250, 25)  # n as in the eval floor
-    configs = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS}
+    every = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS}
+    keep = []
+    if configs:
+        wanted = [c.strip() for c in configs.split(",")]
+        unknown = [c for c in wanted if c not in every]
+        if unknown:
+            raise SystemExit(f"unknown shoot-out configs {unknown}; known: {list(every)}")
+        saved = json.loads((ROOT / "benchmarks" / "results" / "shootout.json").read_text())
+        last, base = saved["result"], saved["result"].get("base", saved["meta"])
+        settings = ("device", "budget_s", "batch_size", "n_eval", "eval_steps")
+        if [last[k] for k in settings] != [device, budget, batch, n_eval, eval_steps]:
+            raise SystemExit(f"the last shoot-out ran with other settings ({[last[k] for k in settings]}); rerun it all")
+        keep = [{"commit": base["commit"], **row} for row in last["rows"] if row["name"] not in wanted]
+        every = {k: every[k] for k in wanted}
+    else:
+        base = None
+    configs = every
     costs = {row["model"]: row for row in measure(configs, batch, 20 if full else 9, device)}
     work = Path(tempfile.mkdtemp(prefix="lg-shootout-"))
     rows = []
@@ -66,15 +86,17 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None) -
             print(name, json.dumps(curve[-1]), flush=True)
         logged = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
         rows.append({"name": name, "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-                     **costs[name], "steps": steps, "loss": [[s, logged[s]] for s in sorted(logged)], "curve": curve})
+                     "commit": commit(), **costs[name], "steps": steps, "loss": [[s, logged[s]] for s in sorted(logged)], "curve": curve})
         if main:
             grid = sample(SampleConfig(run=str(run_dir), out=str(work / "grids" / name), n=15, steps=eval_steps,
                                        device=device)).grid
             IMG.mkdir(parents=True, exist_ok=True)
             shutil.copy(grid, IMG / f"shootout-{name}.png")
     shutil.rmtree(work, ignore_errors=True)
+    order = list(MAIN) + list(MAIN_FULL) + list(ABLATIONS)
+    rows = sorted(keep + rows, key=lambda row: order.index(row["name"]))
     result = {"device": device, "budget_s": budget, "batch_size": batch, "n_eval": n_eval, "eval_steps": eval_steps,
-              "lr": 3e-4, "rows": rows}
+              "lr": 3e-4, "rows": rows, **({"base": base} if base else {})}
     _plot(result)
     return result
 
@@ -106,14 +128,24 @@ def _plot(r: dict) -> None:
     plt.close(fig)
 
 
-def markdown(r: dict) -> str:
+def _footnote(r: dict, later: list[str]) -> str:
+    if not later:
+        return ""
+    base = r.get("base", {})
+    return (f"\n† measured later, at commit {', '.join(later)}, with the same settings (`--configs`); the other rows "
+            f"come from `{base.get('command', '?')}` at commit `{base.get('commit', '?')}`, {base.get('date', '?')}.\n")
+
+
+def markdown(r: dict, commit0: str | None = None) -> str:
+    commit0 = commit0 or r["rows"][0].get("commit")
+    later = sorted({row["commit"] for row in r["rows"] if row.get("commit", commit0) != commit0})
     memory = "peak GPU memory" if r["device"] == "cuda" else "peak RSS growth"
     head = (f"| model | params | GFLOPs/step | s/step | steps in {r['budget_s']:.0f} s | {memory} | loss (last 10 steps) | "
             "SWD | FD | KID | precision | recall |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = []
     for row in r["rows"]:
         m = row["curve"][-1]
-        lines.append(f"| {row['name']} | {row['params'] / 1e6:.1f}M | {row['gflops_per_step']:.0f} | "
+        lines.append(f"| {row['name']}{' †' if row.get('commit', commit0) != commit0 else ''} | {row['params'] / 1e6:.1f}M | {row['gflops_per_step']:.0f} | "
                      f"{row['seconds_per_step']:.3f} | {row['steps']} | {row['peak_memory_bytes'] / 2**20:.0f} MiB | "
                      f"{row['loss'][-1][1]:.3f} | {m['swd_mean']:.1f} | {m['fd_random']:.2f} | {m['kid_random']:.1f} | "
                      f"{m['precision']:.2f} | {m['recall']:.2f} |")
@@ -128,7 +160,7 @@ real-vs-real floor gives each number's noise). Lower is better except precision 
 
 {head}
 {chr(10).join(lines)}
-
+{_footnote(r, later)}
 ![metric against training time](img/shootout-curves.png)
 
 Samples at the end of the budget (15 each, classes in turn, seed 0, {r['eval_steps']} Euler steps):

@@ -50,3 +50,20 @@ def test_class_conditioning_changes_the_output():
         torch.nn.init.normal_(p, std=0.05)
     x, t = torch.randn(1, 4, 8, 8), torch.full((1,), 0.5)
     assert not torch.allclose(model(x, t, torch.tensor([0])), model(x, t, torch.tensor([1])))
+
+
+@pytest.mark.parametrize("size", [16, 12, 7])
+def test_the_layout_path_mixes_every_position_at_any_size(size):
+    from liquidgen.backbone.blocks import SpatialMix
+
+    mix = SpatialMix(8, kernels=(3,), global_path=False, grid=4)
+    plain = SpatialMix(8, kernels=(3,), global_path=False)
+    plain.load_state_dict(mix.state_dict(), strict=False)
+    x = torch.randn(1, 8, size, size, requires_grad=True)
+    assert torch.allclose(mix(x), plain(x))  # zero-initialised: a new layout path changes nothing
+    with torch.no_grad():
+        mix.cells.weight.normal_()  # as if trained: a corner now feeds the far corner
+    mix(x)[0, :, -1, -1].sum().backward()
+    assert x.grad[0, :, 0, 0].abs().sum() > 0  # a 3x3 kernel alone could not reach it
+    model = LiquidUNet(model_config("nano", grid=4, num_classes=2))
+    assert model(torch.randn(2, 32, size, size), torch.rand(2), torch.tensor([0, 1])).shape == (2, 32, size, size)

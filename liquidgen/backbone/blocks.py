@@ -92,9 +92,18 @@ class SpatialMix(nn.Module):
     """Multi-scale depthwise convolutions plus a global path: a pooled channel gate, the part
     conv-only diffusion models need to match attention (DiCo, arXiv 2505.11196)."""
 
-    def __init__(self, dim: int, kernels: tuple[int, ...] = (3, 5, 7), global_path: bool = True):
+    def __init__(self, dim: int, kernels: tuple[int, ...] = (3, 5, 7), global_path: bool = True, grid: int = 0):
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in kernels)
+        # Optional layout path: pool to grid x grid, mix all cells with one learned matrix (shared by
+        # the channels, MLP-Mixer style), upsample and add. Every position then sees where things
+        # are in the whole image, at any latent size, still without attention. Zero-init: a no-op
+        # until it learns something.
+        self.grid = grid
+        if grid:
+            self.cells = nn.Linear(grid * grid, grid * grid)
+            nn.init.zeros_(self.cells.weight)
+            nn.init.zeros_(self.cells.bias)
         self.gate = (
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, dim // 4, 1), nn.SiLU(), nn.Conv2d(dim // 4, dim, 1), nn.Sigmoid())
             if global_path
@@ -104,6 +113,10 @@ class SpatialMix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = sum(conv(x) for conv in self.convs)
+        if self.grid:
+            pooled = F.adaptive_avg_pool2d(x, self.grid)
+            mixed = self.cells(pooled.flatten(2)).view_as(pooled)
+            h = h + F.interpolate(mixed, size=x.shape[-2:], mode="bilinear", align_corners=False)
         h = F.silu(h)
         if self.gate is not None:
             h = h * self.gate(h)
@@ -147,11 +160,11 @@ class LiquidBlock(nn.Module):
     so a freshly built network is the identity and trains stably."""
 
     def __init__(self, dim: int, cond_dim: int, cfc: str = "paper", kernels: tuple[int, ...] = (3, 5, 7),
-                 global_path: bool = True, relax: bool = True):
+                 global_path: bool = True, relax: bool = True, grid: int = 0):
         super().__init__()
         self.norms = nn.ModuleList(AdaGN(dim) for _ in range(3))
         self.cfc = CfC(dim, cond_dim, cfc, kernel=max(kernels))
-        self.mix = SpatialMix(dim, kernels, global_path)
+        self.mix = SpatialMix(dim, kernels, global_path, grid)
         self.ffn = FeedForward(dim)
         self.relax = nn.ModuleList(Relaxation(dim, relax) for _ in range(3))
         self.modulation = nn.Linear(cond_dim, 9 * dim)

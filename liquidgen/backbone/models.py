@@ -13,7 +13,6 @@ from liquidgen.backbone.baselines import ARCHS, BASELINES
 from liquidgen.backbone.unet import SIZES, LiquidUNet, LiquidUNetConfig, model_config
 
 MODELS = [*SIZES, *BASELINES]
-LIQUID_OPTIONS = ("cfc", "relax", "global_path", "kernels")
 
 
 def model_spec(name: str, in_channels: int, num_classes: int, sample_size: int, **liquid) -> dict:

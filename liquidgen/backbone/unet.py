@@ -28,6 +28,7 @@ class LiquidUNetConfig:
     kernels: tuple[int, ...] = (3, 5, 7)
     global_path: bool = True
     relax: bool = True
+    grid: int = 0  # >0: the layout path of SpatialMix, pooling to grid x grid cells (0: off)
     cond_dim: int = 0  # 0: 4 × channels[0]
     grad_checkpoint: bool = False
 
@@ -77,7 +78,7 @@ class LiquidUNet(nn.Module):
         self.stem = nn.Conv2d(c.in_channels, ch[0], 3, padding=1)
 
         def block(dim: int) -> LiquidBlock:
-            return LiquidBlock(dim, cond_dim, c.cfc, c.kernels, c.global_path, c.relax)
+            return LiquidBlock(dim, cond_dim, c.cfc, c.kernels, c.global_path, c.relax, c.grid)
 
         self.down = nn.ModuleList(nn.ModuleList(block(d) for _ in range(n)) for d, n in zip(ch, c.blocks))
         self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i + 1], 3, stride=2, padding=1) for i in range(len(ch) - 1))

@@ -36,6 +36,7 @@ class TrainConfig:
     relax: bool | None = None
     global_path: bool | None = None
     kernels: tuple[int, ...] | None = None
+    grid: int | None = None  # the layout path's grid (cells per side); 0 or None: off
     batch_size: int = 256
     steps: int = 100_000
     lr: float = 2e-4
@@ -132,7 +133,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                         rank=rank, world=world, device=device if cuda else "cpu")
     try:
         spec = model_spec(cfg.model, data.shape[0], data.num_classes, data.shape[-1], cfc=cfg.cfc,
-                          relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels)
+                          relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels, grid=cfg.grid)
     except ValueError as exc:
         raise LiquidgenError(f"{exc}; drop those options") from None
     params = _check_memory(spec, device)
