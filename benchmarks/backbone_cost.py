@@ -12,6 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common import peak_rss
 from liquidgen.devices import resolve_device
 
 LATENT = (32, 16, 16)
@@ -25,18 +26,11 @@ def build(options: dict):
     return build_model(model_spec(options["model"], LATENT[0], 5, LATENT[1], **liquid))
 
 
-def _peak_rss() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _measure(name: str, options: dict, batch: int, steps: int, device: str, queue) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    base_rss = _peak_rss()
+    base_rss = peak_rss()
     model = build(options).to(device).train()
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -67,7 +61,7 @@ def _measure(name: str, options: dict, batch: int, steps: int, device: str, queu
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     seconds = sorted(times)[len(times) // 2]
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss() - base_rss
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss() - base_rss
     queue.put({"model": name, "params": params, "gflops_per_step": counter.get_total_flops() / 1e9,
                "seconds_per_step": seconds, "peak_memory_bytes": peak})
 

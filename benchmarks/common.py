@@ -49,6 +49,17 @@ def subset(folder: Path, per_class: int) -> Path:
     return folder
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory (VmHWM), in bytes; 0 where /proc is missing."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

@@ -8,17 +8,10 @@ import multiprocessing as mp
 
 import torch
 
-from common import TAEF2
+from common import TAEF2, peak_rss
 from liquidgen.devices import resolve_device
 
 LATENT = (32, 16, 16)
-
-
-def _peak_rss() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _measure(size: str, batch: int, steps: int, decode: bool, device: str, queue) -> None:
@@ -29,7 +22,7 @@ def _measure(size: str, batch: int, steps: int, decode: bool, device: str, queue
     from liquidgen.pipeline.vae import load_vae
 
     torch.manual_seed(0)
-    base = _peak_rss()
+    base = peak_rss()
     model = LiquidUNet(model_config(size, num_classes=5)).to(device).eval()
     vae = load_vae(str(TAEF2), device=device) if decode else None
     labels = torch.arange(batch, device=device) % 5
@@ -51,7 +44,7 @@ def _measure(size: str, batch: int, steps: int, decode: bool, device: str, queue
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     seconds = sorted(times)[len(times) // 2]
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss() - base
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss() - base
     queue.put({"size": size, "batch": batch, "steps": steps, "decode": decode, "seconds": seconds,
                "images_per_s": batch / seconds, "peak_memory_bytes": peak})
 

@@ -25,6 +25,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
+from liquidgen.backbone.models import is_liquid
 from liquidgen.backbone.unet import LiquidUNet, LiquidUNetConfig
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.sample import generate_raw, load_run, pick_labels
@@ -95,7 +96,7 @@ class LiquidGenPipeline(DiffusionPipeline):
 
 def export(run: str, out: str, checkpoint: str | None = None) -> Path:
     model, config, _ = load_run(run, checkpoint)
-    if config["model"].get("arch", "liquid") != "liquid":
+    if not is_liquid(config["model"]):
         raise LiquidgenError(f"{run} trained the {config['model']['arch']} baseline; export writes liquid models only")
     unet = LiquidUNet2DModel(**config["model"], latents=config["latents"])
     unet.net.load_state_dict(model.state_dict())
