@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import time
 
 import torch
 import torch.nn.functional as F
 
-from common import peak_rss
+from common import median_seconds, peak_rss
 from liquidgen.devices import resolve_device
 
 LATENT = (32, 16, 16)
@@ -50,17 +49,7 @@ def _measure(name: str, options: dict, batch: int, steps: int, device: str, queu
     opt.zero_grad(set_to_none=True)
     step()
     step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):  # the median step: robust to a stray slow one on a shared CPU
-        t0 = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    seconds = sorted(times)[len(times) // 2]
+    seconds = median_seconds(step, steps, device)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss() - base_rss
     queue.put({"model": name, "params": params, "gflops_per_step": counter.get_total_flops() / 1e9,
                "seconds_per_step": seconds, "peak_memory_bytes": peak})

@@ -60,6 +60,21 @@ def peak_rss() -> int:
     return 0
 
 
+def median_seconds(fn, repeats: int, device) -> float:
+    """The median wall time of `repeats` calls of `fn` (synchronized on a GPU), after the peak-memory
+    counter is reset: robust to a stray slow call on a shared machine."""
+    sync(device)
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

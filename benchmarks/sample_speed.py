@@ -8,15 +8,13 @@ import multiprocessing as mp
 
 import torch
 
-from common import TAEF2, peak_rss
+from common import TAEF2, median_seconds, peak_rss
 from liquidgen.devices import resolve_device
 
 LATENT = (32, 16, 16)
 
 
 def _measure(size: str, batch: int, steps: int, decode: bool, device: str, queue) -> None:
-    import time
-
     from liquidgen.backbone.unet import LiquidUNet, model_config
     from liquidgen.pipeline.sample import sample_latents
     from liquidgen.pipeline.vae import load_vae
@@ -33,17 +31,7 @@ def _measure(size: str, batch: int, steps: int, decode: bool, device: str, queue
             vae.decode(z)
 
     sample_latents(model, batch, LATENT, labels, 2, 2.0, device=device)  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(5 if batch == 1 else 1):  # a batch of one is quick and noisy: median of five
-        t0 = time.perf_counter()
-        once()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    seconds = sorted(times)[len(times) // 2]
+    seconds = median_seconds(once, 5 if batch == 1 else 1, device)  # a batch of one is noisy: median of five
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss() - base
     queue.put({"size": size, "batch": batch, "steps": steps, "decode": decode, "seconds": seconds,
                "images_per_s": batch / seconds, "peak_memory_bytes": peak})
