@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from backbone_cost import measure
+from backbone_cost import build, measure, train_gflops
 from common import ROOT, commit, paintings_cache
 from liquidgen.devices import resolve_device
 from liquidgen.pipeline.evaluate import EvalConfig, evaluate
@@ -36,6 +36,7 @@ ABLATIONS = {
     "tiny 7x7 only": {"model": "tiny", "kernels": (7,)},
     "tiny + layout 4x4": {"model": "tiny", "grid": 4},  # the fix the ablations above point to
     "tiny 7x7 + layout 4x4": {"model": "tiny", "kernels": (7,), "grid": 4},
+    "tiny gn head": {"model": "tiny", "head": "gn"},  # the unconditioned head liquid-tiny had until 2026-11-22
 }
 IMG = ROOT / "docs" / "img"
 
@@ -60,6 +61,8 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
         if [last[k] for k in settings] != [device, budget, batch, n_eval, eval_steps]:
             raise SystemExit(f"the last shoot-out ran with other settings ({[last[k] for k in settings]}); rerun it all")
         keep = [{"commit": base["commit"], **row} for row in last["rows"] if row["name"] not in wanted]
+        for row in keep:  # FLOPs depend on the architecture only: recount with today's counting
+            row["gflops_per_step"] = train_gflops(build(every[row["name"]]), batch)
         every = {k: every[k] for k in wanted}
     else:
         base = None

@@ -84,6 +84,7 @@ def train(
     global_path: Optional[bool] = typer.Option(None, "--global-path/--no-global-path", help="Pooled channel gate (default on)."),
     kernels: Optional[str] = typer.Option(None, help="Depthwise kernel sizes, e.g. 3,5,7 (default) or 3."),
     grid: Optional[int] = typer.Option(None, help="Layout path: mix all positions through a pooled GxG grid (e.g. 4; default off)."),
+    head: Optional[str] = typer.Option(None, help="Output head: ada (conditioned on t, default) or gn (the classic U-Net head)."),
     ema: float = typer.Option(0.999, help="EMA decay (with warm-up)."),
     log_every: int = typer.Option(50, help="Steps between metrics records."),
     ckpt_every: int = typer.Option(2000, help="Steps between checkpoints."),
@@ -102,7 +103,7 @@ def train(
     cfg = TrainConfig(
         cache=cache, out=str(out), model=model, batch_size=batch_size, steps=steps, lr=lr, warmup=warmup,
         resume=resume, cfc=cfc, relax=relax, global_path=global_path,
-        kernels=tuple(int(k) for k in kernels.split(",")) if kernels else None, grid=grid, ema=ema,
+        kernels=tuple(int(k) for k in kernels.split(",")) if kernels else None, grid=grid, head=head, ema=ema,
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, compile=compile, device=device,
     )

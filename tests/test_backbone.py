@@ -67,3 +67,25 @@ def test_the_layout_path_mixes_every_position_at_any_size(size):
     assert x.grad[0, :, 0, 0].abs().sum() > 0  # a 3x3 kernel alone could not reach it
     model = LiquidUNet(model_config("nano", grid=4, num_classes=2))
     assert model(torch.randn(2, 32, size, size), torch.rand(2), torch.tensor([0, 1])).shape == (2, 32, size, size)
+
+
+def test_runs_saved_before_the_conditioned_head_load_with_the_old_head():
+    from liquidgen.backbone.models import build_model
+
+    old = LiquidUNet(model_config("nano", head="gn", num_classes=2))
+    spec = old.config.to_dict()
+    del spec["head"]  # what a run's config.json held before the head was an option
+    model = build_model(spec)
+    assert model.config.head == "gn"
+    model.load_state_dict(old.state_dict())  # strict: the same weights fit
+    assert model_config("nano").head == "ada"  # new runs get the conditioned head
+
+
+def test_the_conditioned_head_lets_the_output_depend_on_t_directly():
+    model = LiquidUNet(model_config("nano"))
+    torch.nn.init.normal_(model.out.weight, std=0.1)
+    torch.nn.init.normal_(model.out_mod.weight, std=0.1)
+    x = torch.randn(1, 32, 8, 8)
+    with torch.no_grad():
+        near_data, near_noise = model(x, torch.tensor([0.1])), model(x, torch.tensor([0.9]))
+    assert not torch.allclose(near_data, near_noise)

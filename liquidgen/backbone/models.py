@@ -31,7 +31,7 @@ def model_spec(name: str, in_channels: int, num_classes: int, sample_size: int, 
 def build_model(spec: dict) -> nn.Module:
     arch = spec.get("arch", "liquid")
     if arch == "liquid":
-        return LiquidUNet(LiquidUNetConfig(**spec))
+        return LiquidUNet(LiquidUNetConfig(**{"head": "gn", **spec}))  # runs saved before `head` have gn
     return ARCHS[arch](spec)
 
 

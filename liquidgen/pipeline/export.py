@@ -39,12 +39,12 @@ class LiquidUNet2DModel(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int = 32, channels=(64, 128, 192), blocks=(1, 1, 2), mid_blocks: int = 1,
                  num_classes: int = 0, cfc: str = "paper", kernels=(3, 5, 7), global_path: bool = True,
-                 relax: bool = True, grid: int = 0, cond_dim: int = 0, grad_checkpoint: bool = False,
+                 relax: bool = True, grid: int = 0, head: str = "gn", cond_dim: int = 0, grad_checkpoint: bool = False,
                  latents: dict | None = None):
         super().__init__()
         self.net = LiquidUNet(LiquidUNetConfig(
             in_channels=in_channels, channels=channels, blocks=blocks, mid_blocks=mid_blocks, num_classes=num_classes,
-            cfc=cfc, kernels=kernels, global_path=global_path, relax=relax, grid=grid, cond_dim=cond_dim))
+            cfc=cfc, kernels=kernels, global_path=global_path, relax=relax, grid=grid, head=head, cond_dim=cond_dim))
 
     @property
     def null_class(self) -> int:

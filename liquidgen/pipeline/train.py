@@ -37,6 +37,7 @@ class TrainConfig:
     global_path: bool | None = None
     kernels: tuple[int, ...] | None = None
     grid: int | None = None  # the layout path's grid (cells per side); 0 or None: off
+    head: str | None = None  # the output head: ada (default) | gn
     batch_size: int = 256
     steps: int = 100_000
     lr: float = 2e-4
@@ -133,7 +134,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                         rank=rank, world=world, device=device if cuda else "cpu")
     try:
         spec = model_spec(cfg.model, data.shape[0], data.num_classes, data.shape[-1], cfc=cfg.cfc,
-                          relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels, grid=cfg.grid)
+                          relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels, grid=cfg.grid,
+                          head=cfg.head)
     except ValueError as exc:
         raise LiquidgenError(f"{exc}; drop those options") from None
     params = _check_memory(spec, device)
