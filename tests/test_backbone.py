@@ -89,3 +89,12 @@ def test_the_conditioned_head_lets_the_output_depend_on_t_directly():
     with torch.no_grad():
         near_data, near_noise = model(x, torch.tensor([0.1])), model(x, torch.tensor([0.9]))
     assert not torch.allclose(near_data, near_noise)
+
+
+def test_the_conditioned_skip_passes_x_t_straight_to_the_output():
+    model = LiquidUNet(model_config("nano", num_classes=2))
+    dim = model.config.channels[0]
+    with torch.no_grad():
+        model.out_mod.bias[2 * dim :] = 0.5  # the skip's share; every other weight of a new model is zero
+        x = torch.randn(2, 32, 8, 8)
+        assert torch.allclose(model(x, torch.rand(2), torch.tensor([0, 1])), 0.5 * x)
