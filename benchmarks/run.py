@@ -47,7 +47,8 @@ def main() -> None:
         result = module.run(full=args.full, device=args.device, **extra)
         meta = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "commit": at,
                 "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0)}
-        (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "result": result}, indent=1))
+        stem = module.results_name(args.full, args.budget) if name == "shootout" else name
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "result": result}, indent=1))
         print(module.markdown(result))
     render()
 
@@ -56,13 +57,12 @@ def render() -> None:
     parts = ["# Benchmarks\n\nEvery figure below comes from `make bench` (or the command shown), on the machine, "
              "commit and date shown. Rerunning updates this file. Tests never time anything.\n"]
     for name, (mod, title) in SECTIONS.items():
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            continue
-        data = json.loads(path.read_text())
-        meta = data["meta"]
-        parts.append(f"## {title}\n\n`{meta['command']}` at commit `{meta['commit']}` on {meta['machine']}, "
-                     f"{meta['date']} ({meta['seconds']} s).\n\n" + importlib.import_module(mod).markdown(data["result"]))
+        # a section's results, then (shoot-out) longer runs kept beside them: shootout-300s.json, ...
+        for path in sorted(RESULTS.glob(f"{name}.json")) + sorted(RESULTS.glob(f"{name}-*.json")):
+            data = json.loads(path.read_text())
+            meta, suffix = data["meta"], f" ({path.stem[len(name) + 1:]})" if path.stem != name else ""
+            parts.append(f"## {title}{suffix}\n\n`{meta['command']}` at commit `{meta['commit']}` on {meta['machine']}, "
+                         f"{meta['date']} ({meta['seconds']} s).\n\n" + importlib.import_module(mod).markdown(data["result"]))
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
 
 

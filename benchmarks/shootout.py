@@ -41,13 +41,20 @@ ABLATIONS = {
 IMG = ROOT / "docs" / "img"
 
 
+def results_name(full: bool = False, budget: float | None = None) -> str:
+    """A shoot-out's results file: a longer run (`--budget`) keeps its own, so `make bench` does not
+    overwrite the figures the docs quote."""
+    return f"shootout-{budget:g}s" if budget else "shootout-full" if full else "shootout"
+
+
 def run(full: bool = False, device: str = "auto", budget: float | None = None, configs: str | None = None) -> dict:
     """`configs` (comma-separated names): run only these and merge them into the last results,
     which must have the same settings; each row keeps the commit it was measured at."""
     device = resolve_device(device).type
     cache = paintings_cache(128)
-    budget = budget or (1800.0 if full else 40.0)
-    batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 250, 25)  # n as in the eval floor
+    quick, result_name = budget is None and not full, results_name(full, budget)  # quick: `make bench` on a CPU, smoke-sized
+    budget = budget or (1800.0 if full else 30.0)
+    batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 100, 10) if quick else (32, 250, 25)  # 250: the eval floor's n
     every = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS}
     keep = []
     if configs:
@@ -55,14 +62,14 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
         unknown = [c for c in wanted if c not in every]
         if unknown:
             raise SystemExit(f"unknown shoot-out configs {unknown}; known: {list(every)}")
-        saved = json.loads((ROOT / "benchmarks" / "results" / "shootout.json").read_text())
+        saved = json.loads((ROOT / "benchmarks" / "results" / f"{result_name}.json").read_text())
         last, base = saved["result"], saved["result"].get("base", saved["meta"])
         settings = ("device", "budget_s", "batch_size", "n_eval", "eval_steps")
         if [last[k] for k in settings] != [device, budget, batch, n_eval, eval_steps]:
             raise SystemExit(f"the last shoot-out ran with other settings ({[last[k] for k in settings]}); rerun it all")
         keep = [{"commit": base["commit"], **row} for row in last["rows"] if row["name"] not in wanted]
         for row in keep:  # FLOPs depend on the architecture only: recount with today's counting
-            row["gflops_per_step"] = train_gflops(build(every[row["name"]]), batch)
+            row["gflops_per_step"] = train_gflops(build(row["options"]), batch)
         every = {k: every[k] for k in wanted}
     else:
         base = None
@@ -94,11 +101,11 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
             grid = sample(SampleConfig(run=str(run_dir), out=str(work / "grids" / name), n=15, steps=eval_steps,
                                        device=device)).grid
             IMG.mkdir(parents=True, exist_ok=True)
-            shutil.copy(grid, IMG / f"shootout-{name}.png")
+            shutil.copy(grid, IMG / f"{result_name}-{name}.png")
     shutil.rmtree(work, ignore_errors=True)
     order = list(MAIN) + list(MAIN_FULL) + list(ABLATIONS)
     rows = sorted(keep + rows, key=lambda row: order.index(row["name"]))
-    result = {"device": device, "budget_s": budget, "batch_size": batch, "n_eval": n_eval, "eval_steps": eval_steps,
+    result = {"name": result_name, "device": device, "budget_s": budget, "batch_size": batch, "n_eval": n_eval, "eval_steps": eval_steps,
               "lr": 3e-4, "rows": rows, **({"base": base} if base else {})}
     _plot(result)
     return result
@@ -127,8 +134,12 @@ def _plot(r: dict) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(IMG / "shootout-curves.png")
+    fig.savefig(IMG / f"{r['name']}-curves.png")
     plt.close(fig)
+
+
+HEAD_NOTE = ("\n‡ measured with the `gn` output head, the only head before commit d4d018b: compare these with "
+             "`tiny gn head` (the liquid-tiny of that time), not with liquid-tiny.\n")
 
 
 def _footnote(r: dict, later: list[str]) -> str:
@@ -148,12 +159,13 @@ def markdown(r: dict, commit0: str | None = None) -> str:
     lines = []
     for row in r["rows"]:
         m = row["curve"][-1]
-        lines.append(f"| {row['name']}{' †' if row.get('commit', commit0) != commit0 else ''} | {row['params'] / 1e6:.1f}M | {row['gflops_per_step']:.0f} | "
+        old_head = row["options"].get("head") == "gn" and row["name"] != "tiny gn head"
+        lines.append(f"| {row['name']}{' †' if row.get('commit', commit0) != commit0 else ''}{' ‡' if old_head else ''} | {row['params'] / 1e6:.1f}M | {row['gflops_per_step']:.0f} | "
                      f"{row['seconds_per_step']:.3f} | {row['steps']} | {row['peak_memory_bytes'] / 2**20:.0f} MiB | "
                      f"{row['loss'][-1][1]:.3f} | {m['swd_mean']:.1f} | {m['fd_random']:.2f} | {m['kid_random']:.1f} | "
                      f"{m['precision']:.2f} | {m['recall']:.2f} |")
     main = [row["name"] for row in r["rows"] if not row["name"].startswith("tiny ")]
-    grids = " ".join(f"| ![{n}](img/shootout-{n}.png)" for n in main)
+    grids = " ".join(f"| ![{n}](img/{r['name']}-{n}.png)" for n in main)
     return f"""\
 Each model trains for the same {r['budget_s']:.0f} s of {r['device']} time at batch {r['batch_size']}
 (steps = budget ÷ its measured s/step), AdamW lr {r['lr']}, EMA, logit-normal t, class dropout 0.1,
@@ -163,8 +175,8 @@ real-vs-real floor gives each number's noise). Lower is better except precision 
 
 {head}
 {chr(10).join(lines)}
-{_footnote(r, later)}
-![metric against training time](img/shootout-curves.png)
+{_footnote(r, later)}{HEAD_NOTE if any(row["options"].get("head") == "gn" for row in r["rows"]) else ""}
+![metric against training time](img/{r['name']}-curves.png)
 
 Samples at the end of the budget (15 each, classes in turn, seed 0, {r['eval_steps']} Euler steps):
 
