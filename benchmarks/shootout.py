@@ -50,7 +50,7 @@ def results_name(full: bool = False, budget: float | None = None) -> str:
 def run(full: bool = False, device: str = "auto", budget: float | None = None, configs: str | None = None) -> dict:
     """`configs` (comma-separated names): run only these and merge them into the last results,
     which must have the same settings; each row keeps the commit it was measured at."""
-    device = resolve_device(device).type
+    device, started_at = resolve_device(device).type, commit()  # the code that runs is the code at the start
     cache = paintings_cache(128)
     quick, result_name = budget is None and not full, results_name(full, budget)  # quick: `make bench` on a CPU, smoke-sized
     budget = budget or (1800.0 if full else 30.0)
@@ -96,7 +96,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
             print(name, json.dumps(curve[-1]), flush=True)
         logged = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
         rows.append({"name": name, "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-                     "commit": commit(), **costs[name], "steps": steps, "loss": [[s, logged[s]] for s in sorted(logged)], "curve": curve})
+                     "commit": started_at, **costs[name], "steps": steps, "loss": [[s, logged[s]] for s in sorted(logged)], "curve": curve})
         if main:
             grid = sample(SampleConfig(run=str(run_dir), out=str(work / "grids" / name), n=15, steps=eval_steps,
                                        device=device)).grid
@@ -142,12 +142,11 @@ HEAD_NOTE = ("\n‡ measured with the `gn` output head, the only head before com
              "`tiny gn head` (the liquid-tiny of that time), not with liquid-tiny.\n")
 
 
-def _footnote(r: dict, later: list[str]) -> str:
+def _footnote(r: dict, later: list[str], commit0: str) -> str:
     if not later:
         return ""
-    base = r.get("base", {})
-    return (f"\n† measured later, at commit {', '.join(later)}, with the same settings (`--configs`); the other rows "
-            f"come from `{base.get('command', '?')}` at commit `{base.get('commit', '?')}`, {base.get('date', '?')}.\n")
+    return (f"\n† measured at another commit ({', '.join(later)}) with the same settings and merged with "
+            f"`--configs`; the other rows at commit `{commit0}`. Each row's commit is in the results JSON.\n")
 
 
 def markdown(r: dict, commit0: str | None = None) -> str:
@@ -175,7 +174,7 @@ real-vs-real floor gives each number's noise). Lower is better except precision 
 
 {head}
 {chr(10).join(lines)}
-{_footnote(r, later)}{HEAD_NOTE if any(row["options"].get("head") == "gn" for row in r["rows"]) else ""}
+{_footnote(r, later, commit0)}{HEAD_NOTE if any(row["options"].get("head") == "gn" for row in r["rows"]) else ""}
 ![metric against training time](img/{r['name']}-curves.png)
 
 Samples at the end of the budget (15 each, classes in turn, seed 0, {r['eval_steps']} Euler steps):
