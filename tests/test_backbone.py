@@ -98,3 +98,8 @@ def test_the_conditioned_skip_passes_x_t_straight_to_the_output():
         model.out_mod.bias[2 * dim :] = 0.5  # the skip's share; every other weight of a new model is zero
         x = torch.randn(2, 32, 8, 8)
         assert torch.allclose(model(x, torch.rand(2), torch.tensor([0, 1])), 0.5 * x)
+
+
+def test_an_unknown_head_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown head 'foo': ada or gn"):
+        model_config("nano", head="foo")

@@ -24,7 +24,7 @@ def model_spec(name: str, in_channels: int, num_classes: int, sample_size: int, 
         raise KeyError(name)
     given = [k for k, v in liquid.items() if v is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} apply to the liquid models only, not to {name}")
+        raise ValueError(f"{', '.join(given)} apply to the liquid models only, not to {name}; drop those options")
     return {**BASELINES[name], "in_channels": in_channels, "num_classes": num_classes, "sample_size": sample_size}
 
 

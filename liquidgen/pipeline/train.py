@@ -137,7 +137,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                           relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels, grid=cfg.grid,
                           head=cfg.head)
     except ValueError as exc:
-        raise LiquidgenError(f"{exc}; drop those options") from None
+        raise LiquidgenError(str(exc)) from None
     params = _check_memory(spec, device)
     config = {"train": asdict(cfg), "model": spec, "cache": _cache_identity(data),
               # what sampling needs without the cache: undo normalization, name classes, decode
