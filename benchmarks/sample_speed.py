@@ -16,7 +16,7 @@ LATENT = (32, 16, 16)
 
 def _measure(size: str, batch: int, steps: int, decode: bool, device: str, queue) -> None:
     from liquidgen.backbone.unet import LiquidUNet, model_config
-    from liquidgen.pipeline.sample import sample_latents
+    from liquidgen.pipeline.sampler import sample_latents
     from liquidgen.pipeline.vae import load_vae
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ stores the config as JSON next to safetensors weights, as diffusers does.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F

@@ -81,3 +81,17 @@ def read_run_config(run: Path) -> dict:
     if not path.exists():
         raise LiquidgenError(f"{run} is not a liquidgen run (no config.json)")
     return json.loads(path.read_text())
+
+
+def load_run(run: str | Path, checkpoint: str | None = None, device="cpu"):
+    """The EMA model of a run and the run's config (normalization, classes, VAE)."""
+    from liquidgen.backbone.models import build_model
+
+    run = Path(run)
+    config = read_run_config(run)
+    path = checkpoint_dir(run) / checkpoint if checkpoint else latest_checkpoint(run)
+    if path is None or not (path / "ema.safetensors").exists():
+        raise LiquidgenError(f"{run} has no checkpoint{' ' + checkpoint if checkpoint else ''} to sample from")
+    model = build_model(config["model"])
+    model.load_state_dict(load_weights(path, "ema"))
+    return model.to(device).eval(), config, path

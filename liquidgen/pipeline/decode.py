@@ -12,7 +12,7 @@ import torch
 
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
-from liquidgen.pipeline.sample import image_grid, save_images
+from liquidgen.pipeline.images import image_grid, save_images
 
 
 @dataclass

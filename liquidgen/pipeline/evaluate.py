@@ -21,7 +21,8 @@ from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.eval.metrics import compare
 from liquidgen.pipeline.decode import decode_latents
-from liquidgen.pipeline.sample import generate_raw, load_run, pick_labels
+from liquidgen.pipeline.checkpoint import load_run
+from liquidgen.pipeline.sampler import generate_raw, pick_labels
 
 
 @dataclass

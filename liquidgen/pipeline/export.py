@@ -28,7 +28,8 @@ from PIL import Image
 from liquidgen.backbone.models import is_liquid
 from liquidgen.backbone.unet import LiquidUNet, LiquidUNetConfig
 from liquidgen.errors import LiquidgenError
-from liquidgen.pipeline.sample import generate_raw, load_run, pick_labels
+from liquidgen.pipeline.checkpoint import load_run
+from liquidgen.pipeline.sampler import generate_raw, pick_labels
 from liquidgen.pipeline.taesd import build_decoder, build_encoder, pooled_blocks
 from liquidgen.pipeline.vae import FrozenVae, load_vae
 

@@ -1,5 +1,5 @@
 """Image decoding and preprocessing: bytes or a path in, a square uint8 RGB array out, or a
-one-line reason why not.
+one-line reason why not; and the writers for what comes out (PNG files, grids).
 
 Runs in DataLoader workers, so it returns reasons instead of raising: one bad file must never
 stop an encode of thousands.
@@ -10,9 +10,14 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # workers decode images without needing torch
+    import torch
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -85,3 +90,28 @@ def load_image(data: bytes | str, pre: Preprocess) -> np.ndarray | str:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         return f"undecodable ({msg[:120]})"
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+
+
+# -- writing pictures ---------------------------------------------------------------------------
+
+def image_grid(images: torch.Tensor, cols: int | None = None, pad: int = 2) -> Image.Image:
+    """(N, 3, H, W) in [0, 1] -> one PIL image, `cols` wide, white gutters."""
+    n, _, h, w = images.shape
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = arr[i]
+    return Image.fromarray(grid)
+
+
+def save_images(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    paths = []
+    for i, a in enumerate(arr):
+        paths.append(folder / f"{prefix}{i:05d}.png")
+        Image.fromarray(a).save(paths[-1])
+    return paths

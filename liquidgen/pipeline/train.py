@@ -24,7 +24,8 @@ from liquidgen.backbone.unet import count_parameters
 from liquidgen.cache.loader import open_latents
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline import checkpoint as ckpt
-from liquidgen.pipeline.sample import image_grid, sample_latents
+from liquidgen.pipeline.images import image_grid
+from liquidgen.pipeline.sampler import sample_latents
 
 
 @dataclass
