@@ -45,7 +45,7 @@ def main() -> None:
         t0, at = time.time(), commit()  # the code that runs is the code at the start
         extra = {k: v for k, v in (("budget", args.budget), ("configs", args.configs)) if v and name == "shootout"}
         result = module.run(full=args.full, device=args.device, **extra)
-        meta = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "commit": at,
+        meta = {"command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]), "commit": at,
                 "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0)}
         stem = module.results_name(args.full, args.budget) if name == "shootout" else name
         (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "result": result}, indent=1))

@@ -149,6 +149,16 @@ def _footnote(r: dict, later: list[str], commit0: str) -> str:
             f"`--configs`; the other rows at commit `{commit0}`. Each row's commit is in the results JSON.\n")
 
 
+def _old_head(row: dict) -> bool:
+    """A liquid row measured before the `ada` head existed (its options name no head)."""
+    return row["options"].get("head") == "gn" and row["name"] != "tiny gn head"
+
+
+SMOKE_NOTE = ("**A smoke run**: {budget:.0f} s is a few dozen steps, far too short to rank the models "
+              "(every number is near its untrained value); it shows the whole shoot-out runs. The comparison "
+              "is the 300 s section below (`--budget 300`) and, on a GPU, `--full`.\n\n")
+
+
 def markdown(r: dict, commit0: str | None = None) -> str:
     commit0 = commit0 or r["rows"][0].get("commit")
     later = sorted({row["commit"] for row in r["rows"] if row.get("commit", commit0) != commit0})
@@ -158,15 +168,15 @@ def markdown(r: dict, commit0: str | None = None) -> str:
     lines = []
     for row in r["rows"]:
         m = row["curve"][-1]
-        old_head = row["options"].get("head") == "gn" and row["name"] != "tiny gn head"
-        lines.append(f"| {row['name']}{' †' if row.get('commit', commit0) != commit0 else ''}{' ‡' if old_head else ''} | {row['params'] / 1e6:.1f}M | {row['gflops_per_step']:.0f} | "
+        lines.append(f"| {row['name']}{' †' if row.get('commit', commit0) != commit0 else ''}{' ‡' if _old_head(row) else ''} | {row['params'] / 1e6:.1f}M | {row['gflops_per_step']:.0f} | "
                      f"{row['seconds_per_step']:.3f} | {row['steps']} | {row['peak_memory_bytes'] / 2**20:.0f} MiB | "
                      f"{row['loss'][-1][1]:.3f} | {m['swd_mean']:.1f} | {m['fd_random']:.2f} | {m['kid_random']:.1f} | "
                      f"{m['precision']:.2f} | {m['recall']:.2f} |")
     main = [row["name"] for row in r["rows"] if not row["name"].startswith("tiny ")]
     grids = " ".join(f"| ![{n}](img/{r['name']}-{n}.png)" for n in main)
+    smoke = SMOKE_NOTE.format(budget=r["budget_s"]) if r["budget_s"] < 300 and r["device"] == "cpu" else ""
     return f"""\
-Each model trains for the same {r['budget_s']:.0f} s of {r['device']} time at batch {r['batch_size']}
+{smoke}Each model trains for the same {r['budget_s']:.0f} s of {r['device']} time at batch {r['batch_size']}
 (steps = budget ÷ its measured s/step), AdamW lr {r['lr']}, EMA, logit-normal t, class dropout 0.1,
 on `cache/paintings128`; then `liquidgen eval` with {r['n_eval']} samples a side, {r['eval_steps']}
 Euler steps (one model call each), no guidance. Metrics as in the eval section below (its
@@ -174,7 +184,7 @@ real-vs-real floor gives each number's noise). Lower is better except precision 
 
 {head}
 {chr(10).join(lines)}
-{_footnote(r, later, commit0)}{HEAD_NOTE if any(row["options"].get("head") == "gn" for row in r["rows"]) else ""}
+{_footnote(r, later, commit0)}{HEAD_NOTE if any(_old_head(row) for row in r["rows"]) else ""}
 ![metric against training time](img/{r['name']}-curves.png)
 
 Samples at the end of the budget (15 each, classes in turn, seed 0, {r['eval_steps']} Euler steps):
