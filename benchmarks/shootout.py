@@ -97,7 +97,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
         logged = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
         rows.append({"name": name, "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
                      "commit": started_at, **costs[name], "steps": steps, "loss": [[s, logged[s]] for s in sorted(logged)], "curve": curve})
-        if main:
+        if main and not quick:  # a smoke run's samples are noise: not worth 0.5 MB of PNG per rerun
             grid = sample(SampleConfig(run=str(run_dir), out=str(work / "grids" / name), n=15, steps=eval_steps,
                                        device=device)).grid
             IMG.mkdir(parents=True, exist_ok=True)
@@ -173,8 +173,10 @@ def markdown(r: dict, commit0: str | None = None) -> str:
                      f"{row['loss'][-1][1]:.3f} | {m['swd_mean']:.1f} | {m['fd_random']:.2f} | {m['kid_random']:.1f} | "
                      f"{m['precision']:.2f} | {m['recall']:.2f} |")
     main = [row["name"] for row in r["rows"] if not row["name"].startswith("tiny ")]
+    smoke = SMOKE_NOTE.format(budget=r["budget_s"]) if r["name"] == results_name() else ""  # make bench's quick run
     grids = " ".join(f"| ![{n}](img/{r['name']}-{n}.png)" for n in main)
-    smoke = SMOKE_NOTE.format(budget=r["budget_s"]) if r["budget_s"] < 300 and r["device"] == "cpu" else ""
+    samples = "" if smoke else (f"\nSamples at the end of the budget (15 each, classes in turn, seed 0, {r['eval_steps']} "
+                                f"Euler steps):\n\n| {' | '.join(main)} |\n|{'---|' * len(main)}\n{grids} |\n")
     return f"""\
 {smoke}Each model trains for the same {r['budget_s']:.0f} s of {r['device']} time at batch {r['batch_size']}
 (steps = budget ÷ its measured s/step), AdamW lr {r['lr']}, EMA, logit-normal t, class dropout 0.1,
@@ -186,10 +188,4 @@ real-vs-real floor gives each number's noise). Lower is better except precision 
 {chr(10).join(lines)}
 {_footnote(r, later, commit0)}{HEAD_NOTE if any(_old_head(row) for row in r["rows"]) else ""}
 ![metric against training time](img/{r['name']}-curves.png)
-
-Samples at the end of the budget (15 each, classes in turn, seed 0, {r['eval_steps']} Euler steps):
-
-| {' | '.join(main)} |
-|{'---|' * len(main)}
-{grids} |
-"""
+{samples}"""
