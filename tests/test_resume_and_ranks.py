@@ -83,3 +83,35 @@ def test_a_full_disk_stops_with_one_line_and_the_rerun_finishes(paintings40, tmp
         assert m["count"] == 40 and len(set(keys)) == 40 and verify_cache(disk / "c")[1] == []
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+CRASH_ON_RANK_1 = """
+import os, sys
+import liquidgen.pipeline.encode as encode
+real = encode._encode_shards
+def crash(*args, **kwargs):
+    if os.environ["RANK"] == "1":
+        raise RuntimeError("injected failure on rank 1")
+    return real(*args, **kwargs)
+encode._encode_shards = crash
+from liquidgen.cli import main
+sys.argv[0] = "liquidgen"
+main()
+"""
+
+
+def test_a_crashed_rank_stops_the_job_and_the_rerun_finishes(paintings40, tmp_path):
+    """torchrun tears the whole job down when one rank fails: nobody waits at the final barrier,
+    the cache stays incomplete, and one plain rerun finishes it."""
+    out, script = tmp_path / "c", tmp_path / "crash.py"
+    script.write_text(CRASH_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    args = encode_args(paintings40, out, "--resolution", "64")
+    crashed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), *args],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert crashed.returncode != 0 and "injected failure on rank 1" in crashed.stderr
+    assert not CacheDir(out).manifest()["complete"]
+    done = subprocess.run([sys.executable, "-m", "liquidgen", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    m, _, keys, _ = read_all(out)
+    assert m["complete"] and m["count"] == 40 and len(set(keys)) == 40 and verify_cache(out)[1] == []
