@@ -38,6 +38,10 @@ ABLATIONS = {
     "tiny 7x7 + layout 4x4": {"model": "tiny", "kernels": (7,), "grid": 4},
     "tiny gn head": {"model": "tiny", "head": "gn"},  # the unconditioned head liquid-tiny had until 2026-11-22
 }
+REPEATS = {  # liquid-tiny again with other training seeds: how far apart two runs of one model land
+    "tiny seed 1": {"model": "tiny", "seed": 1},
+    "tiny seed 2": {"model": "tiny", "seed": 2},
+}
 IMG = ROOT / "docs" / "img"
 
 
@@ -55,7 +59,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
     quick, result_name = budget is None and not full, results_name(full, budget)  # quick: `make bench` on a CPU, smoke-sized
     budget = budget or (1800.0 if full else 30.0)
     batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 100, 10) if quick else (32, 250, 25)  # 250: the eval floor's n
-    every = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS}
+    every = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS, **({} if quick else REPEATS)}
     keep = []
     if configs:
         wanted = [c.strip() for c in configs.split(",")]
@@ -103,7 +107,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
             IMG.mkdir(parents=True, exist_ok=True)
             shutil.copy(grid, IMG / f"{result_name}-{name}.png")
     shutil.rmtree(work, ignore_errors=True)
-    order = list(MAIN) + list(MAIN_FULL) + list(ABLATIONS)
+    order = list(MAIN) + list(MAIN_FULL) + list(ABLATIONS) + list(REPEATS)
     rows = sorted(keep + rows, key=lambda row: order.index(row["name"]))
     result = {"name": result_name, "device": device, "budget_s": budget, "batch_size": batch, "n_eval": n_eval, "eval_steps": eval_steps,
               "lr": 3e-4, "rows": rows, **({"base": base} if base else {})}
