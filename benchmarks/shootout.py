@@ -125,9 +125,10 @@ def _plot(r: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), dpi=110)
-    for row in r["rows"]:
+    palette = list(plt.cm.tab10.colors) + list(plt.cm.Dark2.colors) + list(plt.cm.Set1.colors)  # > 10 rows
+    for n, row in enumerate(r["rows"]):
         main = not row["name"].startswith("tiny ")
-        style = {"lw": 1.6 if main else 0.9, "ls": "-" if main else "--"}
+        style = {"lw": 1.6 if main else 0.9, "ls": "-" if main else "--", "color": palette[n % len(palette)]}
         loss = torch.tensor([v for _, v in row["loss"]])
         smooth = [float(loss[max(0, i - 4) : i + 1].mean()) for i in range(len(loss))]  # 50-step mean
         axes[0].plot([s * row["seconds_per_step"] for s, _ in row["loss"]], smooth, label=row["name"], **style)
