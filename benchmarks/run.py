@@ -53,6 +53,15 @@ def main() -> None:
     render()
 
 
+def _merged(result: dict) -> str:
+    """Rows rerun with `--configs` are merged into an earlier run: name the run they started from too."""
+    base = result.get("base")
+    if not base:
+        return ""
+    return (f" Rows merged with `--configs` into the run `{base['command']}` at `{base['commit']}` "
+            f"({base['date']}, {base['seconds']} s); each row keeps the commit it was measured at.")
+
+
 def render() -> None:
     parts = ["# Benchmarks\n\nEvery figure below comes from `make bench` (or the command shown), on the machine, "
              "commit and date shown. Rerunning updates this file. Tests never time anything.\n"]
@@ -62,7 +71,8 @@ def render() -> None:
             data = json.loads(path.read_text())
             meta, suffix = data["meta"], f" ({path.stem[len(name) + 1:]})" if path.stem != name else ""
             parts.append(f"## {title}{suffix}\n\n`{meta['command']}` at commit `{meta['commit']}` on {meta['machine']}, "
-                         f"{meta['date']} ({meta['seconds']} s).\n\n" + importlib.import_module(mod).markdown(data["result"]))
+                         f"{meta['date']} ({meta['seconds']} s).{_merged(data['result'])}\n\n"
+                         + importlib.import_module(mod).markdown(data["result"]))
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
 
 
