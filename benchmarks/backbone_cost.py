@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -62,18 +63,27 @@ def _measure(name: str, options: dict, batch: int, steps: int, device: str, queu
                "seconds_per_step": seconds, "peak_memory_bytes": peak})
 
 
-def measure(configs: dict[str, dict], batch: int, steps: int, device: str) -> list[dict]:
-    """Per-step cost of each named config ({"model": ..., liquid options}), each in a fresh process."""
+def measure(configs: dict[str, dict], batch: int, steps: int, device: str, rounds: int = 1) -> list[dict]:
+    """Per-step cost of each named config ({"model": ..., liquid options}), each in a fresh process.
+    With `rounds` > 1 the configs are measured in turn that many times and each keeps the median:
+    on a shared CPU one measurement of the same model moved by up to 20% within minutes, and
+    interleaving spreads a slow spell over every config instead of landing on one."""
     ctx = mp.get_context("spawn")
-    rows = []
-    for name, options in configs.items():
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(name, options, batch, steps, device, queue))
-        proc.start()
-        rows.append(queue.get())
-        proc.join()
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+    rows: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name, options in configs.items():
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_measure, args=(name, options, batch, steps, device, queue))
+            proc.start()
+            row = queue.get()
+            proc.join()
+            rows.setdefault(name, {**row, "seconds_per_round": []})["seconds_per_round"].append(row["seconds_per_step"])
+            print(json.dumps(row), flush=True)
+    for row in rows.values():
+        row["seconds_per_step"] = statistics.median(row["seconds_per_round"])
+        if rounds == 1:
+            del row["seconds_per_round"]
+    return list(rows.values())
 
 
 def run(full: bool = False, device: str = "auto") -> dict:

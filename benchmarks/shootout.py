@@ -78,13 +78,15 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
     else:
         base = None
     configs = every
-    costs = {row["model"]: row for row in measure(configs, batch, 20 if full else 9, device)}
+    rounds = 1 if quick else 3  # the step counts hang on these numbers: three rounds in turn, median
+    costs = {row["model"]: row for row in measure(configs, batch, 20 if full else 9, device, rounds)}
     work = Path(tempfile.mkdtemp(prefix="lg-shootout-"))
     rows = []
     for name, options in configs.items():
         original = {row["name"]: row for row in keep + rows}.get("liquid-tiny") if name in REPEATS else None
         if original:  # a repeat takes the original's steps: a re-measured s/step differs by up to ~10%
-            costs[name]["seconds_per_step"] = original["seconds_per_step"]
+            costs[name].pop("seconds_per_round", None)
+            costs[name].update({k: original[k] for k in ("seconds_per_step", "seconds_per_round") if k in original})
         sec = costs[name]["seconds_per_step"]
         steps = max(3, int(budget / sec))
         # the main models are also scored on the way (an eval costs ~80 s on 2 CPU cores: not for short budgets)
@@ -181,13 +183,17 @@ def markdown(r: dict, commit0: str | None = None) -> str:
                      f"{row['loss'][-1][1]:.3f} | {m['swd_mean']:.1f} | {m['fd_random']:.2f} | {m['kid_random']:.1f} | "
                      f"{m['precision']:.2f} | {m['recall']:.2f} |")
     main = [row["name"] for row in r["rows"] if not row["name"].startswith("tiny ")]
+    several = [row["name"] for row in r["rows"] if len(row.get("seconds_per_round", [])) > 1]
+    rounds = "" if not several else (
+        "; the median of several measurements taken in turn" if len(several) == len(r["rows"]) else
+        f"; for {', '.join(several)} the median of several measurements taken in turn, for the others one")
     smoke = SMOKE_NOTE.format(budget=r["budget_s"]) if r["name"] == results_name() else ""  # make bench's quick run
     grids = " ".join(f"| ![{n}](img/{r['name']}-{n}.png)" for n in main)
     samples = "" if smoke else (f"\nSamples at the end of the budget (15 each, classes in turn, seed 0, {r['eval_steps']} "
                                 f"Euler steps):\n\n| {' | '.join(main)} |\n|{'---|' * len(main)}\n{grids} |\n")
     return f"""\
 {smoke}Each model trains for the same {r['budget_s']:.0f} s of {r['device']} time at batch {r['batch_size']}
-(steps = budget ÷ its measured s/step), AdamW lr {r['lr']}, EMA, logit-normal t, class dropout 0.1,
+(steps = budget ÷ its measured s/step{rounds}), AdamW lr {r['lr']}, EMA, logit-normal t, class dropout 0.1,
 on `cache/paintings128`; then `liquidgen eval` with {r['n_eval']} samples a side, {r['eval_steps']}
 Euler steps (one model call each), no guidance. Metrics as in the eval section below (its
 real-vs-real floor gives each number's noise). Lower is better except precision and recall.
