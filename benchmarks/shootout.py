@@ -38,9 +38,11 @@ ABLATIONS = {
     "tiny 7x7 + layout 4x4": {"model": "tiny", "kernels": (7,), "grid": 4},
     "tiny gn head": {"model": "tiny", "head": "gn"},  # the unconditioned head liquid-tiny had until 2026-11-22
 }
-REPEATS = {  # liquid-tiny again with other training seeds and its very steps: how far apart two runs of one model land
+REPEATS = {  # a main model again with other training seeds and its very steps: how far apart two runs of one model land
     "tiny seed 1": {"model": "tiny", "seed": 1},
     "tiny seed 2": {"model": "tiny", "seed": 2},
+    "dit-tiny seed 1": {"model": "dit-tiny", "seed": 1},
+    "dit-tiny seed 2": {"model": "dit-tiny", "seed": 2},
 }
 IMG = ROOT / "docs" / "img"
 
@@ -83,8 +85,8 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
     work = Path(tempfile.mkdtemp(prefix="lg-shootout-"))
     rows = []
     for name, options in configs.items():
-        original = {row["name"]: row for row in keep + rows}.get("liquid-tiny") if name in REPEATS else None
-        if original:  # a repeat takes the original's steps: a re-measured s/step differs by up to ~10%
+        original = _original(name, keep + rows) if name in REPEATS else None
+        if original:  # a repeat takes the original's steps: a re-measured s/step differs by up to a third
             costs[name].pop("seconds_per_round", None)
             costs[name].update({k: original[k] for k in ("seconds_per_step", "seconds_per_round") if k in original})
         sec = costs[name]["seconds_per_step"]
@@ -120,6 +122,16 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
     return result
 
 
+def _is_main(name: str) -> bool:
+    return name in MAIN or name in MAIN_FULL
+
+
+def _original(repeat: str, rows: list[dict]) -> dict | None:
+    """The measured main row a seed repeat reruns (the one with the same --model)."""
+    name = next(k for k, v in {**MAIN, **MAIN_FULL}.items() if v["model"] == REPEATS[repeat]["model"])
+    return next((row for row in rows if row["name"] == name), None)
+
+
 def _plot(r: dict) -> None:
     import matplotlib
 
@@ -129,7 +141,7 @@ def _plot(r: dict) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), dpi=110)
     palette = list(plt.cm.tab10.colors) + list(plt.cm.Dark2.colors) + list(plt.cm.Set1.colors)  # > 10 rows
     for n, row in enumerate(r["rows"]):
-        main = not row["name"].startswith("tiny ")
+        main = _is_main(row["name"])
         style = {"lw": 1.6 if main else 0.9, "ls": "-" if main else "--", "color": palette[n % len(palette)]}
         loss = torch.tensor([v for _, v in row["loss"]])
         smooth = [float(loss[max(0, i - 4) : i + 1].mean()) for i in range(len(loss))]  # 50-step mean
@@ -182,7 +194,7 @@ def markdown(r: dict, commit0: str | None = None) -> str:
                      f"{row['seconds_per_step']:.3f} | {row['steps']} | {row['peak_memory_bytes'] / 2**20:.0f} MiB | "
                      f"{row['loss'][-1][1]:.3f} | {m['swd_mean']:.1f} | {m['fd_random']:.2f} | {m['kid_random']:.1f} | "
                      f"{m['precision']:.2f} | {m['recall']:.2f} |")
-    main = [row["name"] for row in r["rows"] if not row["name"].startswith("tiny ")]
+    main = [row["name"] for row in r["rows"] if _is_main(row["name"])]
     several = [row["name"] for row in r["rows"] if len(row.get("seconds_per_round", [])) > 1]
     rounds = "" if not several else (
         "; the median of several measurements taken in turn" if len(several) == len(r["rows"]) else
