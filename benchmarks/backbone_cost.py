@@ -66,7 +66,7 @@ def _measure(name: str, options: dict, batch: int, steps: int, device: str, queu
 def measure(configs: dict[str, dict], batch: int, steps: int, device: str, rounds: int = 1) -> list[dict]:
     """Per-step cost of each named config ({"model": ..., liquid options}), each in a fresh process.
     With `rounds` > 1 the configs are measured in turn that many times and each keeps the median:
-    on a shared CPU one measurement of the same model moved by up to 20% within minutes, and
+    on a shared CPU one measurement of the same model moved by a fifth to a third within minutes, and
     interleaving spreads a slow spell over every config instead of landing on one."""
     ctx = mp.get_context("spawn")
     rows: dict[str, dict] = {}

@@ -92,7 +92,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
         sec = costs[name]["seconds_per_step"]
         steps = max(3, int(budget / sec))
         # the main models are also scored on the way (an eval costs ~80 s on 2 CPU cores: not for short budgets)
-        main = name in MAIN or name in MAIN_FULL
+        main = _is_main(name)
         points = [steps // 3, 2 * steps // 3, steps] if main and budget >= 300 else [steps]
         run_dir = work / name.replace(" ", "_").replace("=", "-")
         curve = []
