@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT
+from common import paintings_cache
 from liquidgen.cache.remote import pull, push
 from liquidgen.pipeline.train import TrainConfig, train
 
@@ -30,7 +30,7 @@ def _train(cache: str, out: Path, steps: int, batch: int, keep: bool = True) -> 
 def run(full: bool = False, device: str = "auto") -> dict:
     import os
 
-    cache = ROOT / "cache" / "paintings128"
+    cache = paintings_cache(128)  # built on first use, as the other sections do
     tmp = Path(tempfile.mkdtemp(prefix="lg-bench-"))
     push(str(cache), f"file://{tmp / 'www' / 'paintings'}", progress=False)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp / "www"))

@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=list(SECTIONS))
     parser.add_argument("--full", action="store_true", help="GPU-sized settings")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--budget", type=float, help="shootout: training seconds per model (default 40 on a CPU, 1800 with --full)")
+    parser.add_argument("--budget", type=float, help="shootout: training seconds per model (default 20 on a CPU: a smoke run; 1800 with --full)")
     parser.add_argument("--configs", help="shootout: only these configs (comma-separated), merged into the last results")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
