@@ -36,7 +36,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run(full: bool = False, device: str = "auto") -> dict:
     device = resolve_device(device)
-    per_class = 200 if full else 24
+    per_class = 200 if full else 16
     resolution, batch = (256, 64) if full else (256, 16)
     tmp = Path(tempfile.mkdtemp(prefix="lg-bench-"))
     folder = subset(tmp / "images", per_class)

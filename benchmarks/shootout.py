@@ -62,7 +62,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
     cache = paintings_cache(128)
     quick, result_name = budget is None and not full, results_name(full, budget)  # quick: `make bench` on a CPU, smoke-sized
     budget = budget or (1800.0 if full else 20.0)
-    batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 100, 10) if quick else (32, 250, 25)  # 250: the eval floor's n
+    batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 64, 10) if quick else (32, 250, 25)  # 250: the eval floor's n
     every = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS, **({} if quick else {**FOLLOW_UPS, **REPEATS})}
     keep = []
     if configs:
