@@ -103,5 +103,6 @@ def paintings_cache(resolution: int = 128) -> Path:
 
     out = ROOT / "cache" / ("paintings" if resolution == 256 else f"paintings{resolution}")
     if not (out / "manifest.json").exists():
+        print(f"building {out.relative_to(ROOT)} once (about 4 minutes on 2 CPU cores; later runs reuse it)", flush=True)
         encode(EncodeConfig(str(PAINTINGS), str(out), vae=str(TAEF2), resolution=resolution, progress=False))
     return out
