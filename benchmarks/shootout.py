@@ -69,7 +69,8 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
         wanted = [c.strip() for c in configs.split(",")]
         unknown = [c for c in wanted if c not in every]
         if unknown:
-            raise SystemExit(f"unknown shoot-out configs {unknown}; known: {list(every)}")
+            later = " (follow-ups and seed repeats run only with --budget or --full)" if quick else ""
+            raise SystemExit(f"unknown shoot-out configs {unknown}; known here: {list(every)}{later}")
         saved = json.loads((ROOT / "benchmarks" / "results" / f"{result_name}.json").read_text())
         last, base = saved["result"], saved["result"].get("base", saved["meta"])
         settings = ("device", "budget_s", "batch_size", "n_eval", "eval_steps")
