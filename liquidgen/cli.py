@@ -238,7 +238,9 @@ def cache_info(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
     table.add_column()
     for src in m["sources"]:
         table.add_row("source", f"{src['id']} ({src['kind']}{', split ' + src['split'] if src['split'] else ''}"
-                      f"{', limit ' + str(src['limit']) if src['limit'] else ''}): {src['count']} encoded, {src['skipped']} skipped")
+                      f"{', limit ' + str(src['limit']) if src['limit'] else ''})")
+        expected = src.get("expected")
+        table.add_row("", f"{'?' if expected is None else expected} in the source, {src['count']} encoded, {src['skipped']} skipped")
     table.add_row("classes", ", ".join(m["label_names"]) if m["label_names"] else "none (unconditional)")
     table.add_row("resolution", f"{m['preprocess']['resolution']} px, {m['preprocess']['resize']}, flip: {st['flip']}")
     table.add_row("VAE", f"{vae['id']}{' / ' + vae['subfolder'] if vae.get('subfolder') else ''} ({vae['class']}, "

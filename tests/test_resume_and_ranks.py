@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import TAEF2
+from liquidgen.cache.builder import records
 from liquidgen.cache.store import CacheDir, verify_cache
 
 from test_encode import read_all
@@ -28,11 +29,11 @@ def test_a_killed_encode_resumes_with_every_image_once(paintings40, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "liquidgen", *encode_args(paintings40, out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(CacheDir(out).records()) < 2:
+    while time.time() < deadline and len(records(out)) < 2:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    published = len(CacheDir(out).records())
+    published = len(records(out))
     assert 2 <= published < 10, "the kill should land mid-run"
     assert not CacheDir(out).manifest()["complete"]
 
@@ -88,12 +89,12 @@ def test_a_full_disk_stops_with_one_line_and_the_rerun_finishes(paintings40, tmp
 CRASH_ON_RANK_1 = """
 import os, sys
 import liquidgen.pipeline.encode as encode
-real = encode._encode_shards
+real = encode._encode_pieces
 def crash(*args, **kwargs):
     if os.environ["RANK"] == "1":
         raise RuntimeError("injected failure on rank 1")
     return real(*args, **kwargs)
-encode._encode_shards = crash
+encode._encode_pieces = crash
 from liquidgen.cli import main
 sys.argv[0] = "liquidgen"
 main()

@@ -1,19 +1,19 @@
-"""A cache directory: manifest.json, shards/, and the per-shard records of an unfinished encode.
+"""A cache directory: where its files are, and how to read and verify them. Writing is the
+builder's (builder.py).
 
 Layout:
     manifest.json          the contract (see manifest.py); `complete` is true once finalized
-    shards/s00-000000.zarr one shard per `shard_size` source items (.tar for WebDataset)
-    .parts/<shard>.json    written after each shard is published; merged into the manifest at
-                           the end and removed. A shard without a record is redone on resume.
+    shards/s00-000000.zarr one shard per piece of a source (see builder.py; .tar for WebDataset)
+    .parts/<shard>.json    the builder's record of a published shard, merged into the manifest
+                           when the encode finishes; a shard without a record is redone
     skipped.log            one line per skipped input: key and reason
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from liquidgen.cache.manifest import MANIFEST, merge_stats, read_manifest, write_json_atomic
+from liquidgen.cache.manifest import MANIFEST, read_manifest, write_json_atomic
 from liquidgen.cache.shards import SUFFIX, ShardData, read_shard, shard_digest
 from liquidgen.errors import LiquidgenError
 
@@ -43,46 +43,6 @@ class CacheDir:
 
     def shard_path(self, name: str) -> Path:
         return self.shards_dir / name
-
-    def records(self) -> dict[str, dict]:
-        """Records of shards published since the last finalize (an encode in progress)."""
-        out = {}
-        if self.parts_dir.is_dir():
-            for path in sorted(self.parts_dir.glob("*.json")):
-                try:
-                    record = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    continue  # torn record: the shard is redone
-                if self.shard_path(record["name"]).exists():
-                    out[record["name"]] = record
-        return out
-
-    def write_record(self, record: dict) -> None:
-        write_json_atomic(self.parts_dir / f"{record['name']}.json", record)
-
-    def finalize(self, manifest: dict) -> dict:
-        """Merge the records into the manifest, mark it complete, drop the records."""
-        records = self.records()
-        known = {s["name"] for s in manifest["shards"]}
-        for name in sorted(records):
-            rec = records[name]
-            if name not in known:
-                manifest["shards"].append({k: rec[k] for k in ("name", "source", "first", "end", "count", "bytes", "sha256", "files", "rank", "stats")})
-                manifest["skipped"] += rec["skipped"]
-        manifest["shards"].sort(key=lambda s: s["name"])
-        manifest["count"] = sum(s["count"] for s in manifest["shards"])
-        for src in manifest["sources"]:
-            mine = [s for s in manifest["shards"] if s["source"] == src["index"]]
-            src["count"] = sum(s["count"] for s in mine)
-            src["skipped"] = sum(1 for s in manifest["skipped"] if s["source"] == src["index"])
-        manifest["stats"] = merge_stats([s["stats"] for s in manifest["shards"]])
-        manifest["complete"] = True
-        self.write_manifest(manifest)
-        for path in self.parts_dir.glob("*.json"):
-            path.unlink(missing_ok=True)
-        if self.parts_dir.is_dir():
-            self.parts_dir.rmdir()
-        return manifest
 
     def read(self, name: str, backend: str) -> ShardData:
         return read_shard(self.shard_path(name), backend)

@@ -1,32 +1,30 @@
 """Stage 1: stream images through a frozen VAE into a sharded latent cache.
 
-Shard k of a source holds its items [k*S, (k+1)*S). Everything follows from that: a killed run
-redoes only the shards without a record, rank r of N writes the shards with k % N == r, and a
-rerun of a finished cache finds nothing to do.
+source → pieces → (ranks, then DataLoader workers, each take whole pieces) → decode → VAE →
+builder. A piece is a disjoint run of a source's items and becomes one cache shard, so every
+input byte is read once in total, a killed run redoes only the pieces without a published shard,
+and a rerun of a finished cache finds nothing to do. Batches never span pieces and start at
+fixed positions within them: a piece encodes to the same bits whichever worker or run does it.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from liquidgen.cache.lock import CacheLock
-from liquidgen.cache.manifest import check_contract, new_manifest
+from liquidgen.cache.builder import CacheBuilder
+from liquidgen.cache.manifest import new_manifest
 from liquidgen.cache.shards import DTYPES, calibrate_uint8
-from liquidgen.cache.store import CacheDir
-from liquidgen.cache.writer import ShardWriter
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.images import Preprocess, load_image
-from liquidgen.pipeline.sources import ImageSource, open_source
+from liquidgen.pipeline.sources import ImageSource, Piece, open_source
 from liquidgen.pipeline.vae import STORE_CHOICES, FrozenVae, load_vae
 
 
@@ -51,6 +49,19 @@ class EncodeConfig:
     seed: int = 0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        choices = {"format": ("zarr", "wds"), "dtype": DTYPES, "store": STORE_CHOICES, "flip": ("none", "both")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise LiquidgenError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("batch_size", "shard_size", "resolution"):
+            if getattr(self, name) < 1:
+                raise LiquidgenError(f"--{name.replace('_', '-')} must be positive")
+        if self.workers < 0:
+            raise LiquidgenError("--workers must be 0 (decode in this process) or more")
+        if self.limit is not None and self.limit < 1:
+            raise LiquidgenError("--limit must be at least 1 (leave it out to encode everything)")
+
 
 @dataclass
 class EncodeResult:
@@ -64,100 +75,60 @@ class EncodeResult:
     manifest: dict
 
 
-def _check_config(cfg: EncodeConfig) -> None:
-    choices = {"format": ("zarr", "wds"), "dtype": DTYPES, "store": STORE_CHOICES, "flip": ("none", "both")}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise LiquidgenError(f"--{name} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
-    for name in ("batch_size", "shard_size", "resolution"):
-        if getattr(cfg, name) < 1:
-            raise LiquidgenError(f"--{name.replace('_', '-')} must be positive")
-
-
 class _EncodeStream(IterableDataset):
-    """Decodes the items of the shards still to do; DataLoader workers take alternate batches,
-    so batches arrive in source order."""
+    """Reads and decodes whole pieces: DataLoader worker w takes every W-th of this rank's
+    pieces. Yields batches of one piece each; the last batch of a piece says it is the end."""
 
-    def __init__(self, source: ImageSource, mine: Callable[[int], bool], shard_size: int, pre: Preprocess, batch_size: int):
-        self.source, self.mine, self.shard_size, self.pre, self.batch_size = source, mine, shard_size, pre, batch_size
+    def __init__(self, source: ImageSource, pieces: list[Piece], pre: Preprocess, batch_size: int):
+        self.source, self.pieces, self.pre, self.batch_size = source, pieces, pre, batch_size
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        j = 0
-        for item in self.source:
-            if not self.mine(item.index // self.shard_size):
-                continue
-            ours = (j // self.batch_size) % workers == worker
-            j += 1
-            if not ours:
-                continue
-            result = load_image(item.data, self.pre) if item.error is None else item.error
-            image, reason = (result, None) if isinstance(result, np.ndarray) else (None, result)
-            yield {"index": item.index, "key": item.key, "label": item.label, "image": image, "reason": reason}
+        for piece in self.pieces[worker::workers]:
+            items, seen = [], 0
+            for item in self.source.read(piece):
+                result = load_image(item.data, self.pre) if item.error is None else item.error
+                items.append((item, result))
+                seen += 1
+                if len(items) == self.batch_size:
+                    yield _batch(piece, items, end=None)
+                    items = []
+            yield _batch(piece, items, end=seen)
 
 
-def _collate(items: list[dict]) -> dict:
-    good = [it for it in items if it["image"] is not None]
+def _batch(piece: Piece, items: list, end: int | None) -> dict:
+    good = [(item, img) for item, img in items if isinstance(img, np.ndarray)]
     return {
-        "images": torch.from_numpy(np.stack([it["image"] for it in good])) if good else None,
-        "index": [it["index"] for it in good],
-        "key": [it["key"] for it in good],
-        "label": [it["label"] for it in good],
-        "bad": [(it["index"], it["key"], it["reason"]) for it in items if it["image"] is None],
+        "piece": piece,
+        "images": torch.from_numpy(np.stack([img for _, img in good])) if good else None,
+        "position": [item.position for item, _ in good],
+        "key": [item.key for item, _ in good],
+        "label": [item.label for item, _ in good],
+        "bad": [(item.key, reason) for item, reason in items if not isinstance(reason, np.ndarray)],
+        "end": end,  # None, or the number of items the piece held
     }
 
 
-def _register_source(manifest: dict, source: ImageSource) -> int:
-    """The source's number in this cache: an existing entry (resume, rerun) or a new one (append).
-    Local labels map into the cache-wide `label_names`."""
-    desc = source.describe()
-    for entry in manifest["sources"]:
-        if (entry["id"], entry["kind"], entry["split"]) == (desc["id"], desc["kind"], desc["split"]):
-            if entry.get("fingerprint") != desc["fingerprint"]:
-                raise LiquidgenError(
-                    f"{source.id} changed since it was encoded into this cache (files added or removed); "
-                    "encode it into a new --out folder"
-                )
-            entry["limit"] = desc["limit"]
-            return entry["index"]
-    for name in desc["label_names"] or []:
-        if name not in manifest["label_names"]:
-            manifest["label_names"].append(name)
-    manifest["sources"].append({**desc, "index": len(manifest["sources"]), "count": 0, "skipped": 0})
-    return len(manifest["sources"]) - 1
+def _as_is(batch: dict) -> dict:
+    return batch  # batches are built in the workers, one piece each
 
 
-def _plan(cache: CacheDir, manifest: dict, src: int, source: ImageSource, size: int) -> tuple[set[int], int | None]:
-    """The shards of this source already published with the extent this run would give them,
-    and how many shards the source makes (None while a stream's length is unknown)."""
-    published = [s for s in manifest["shards"] if s["source"] == src] + [
-        r for r in cache.records().values() if r["source"] == src
-    ]
-    if source.count is not None:
-        n_shards = math.ceil(source.count / size)
-        done = {s["first"] // size for s in published if s["end"] == min(s["first"] + size, source.count)}
-        return done, n_shards
-    done = {s["first"] // size for s in published if s["end"] - s["first"] == size}
-    short = [s["first"] // size for s in published if s["end"] - s["first"] < size]
-    if short and all(k in done for k in range(min(short))):  # the stream ended there last time
-        done.add(min(short))
-        return done, min(short) + 1
-    return done, None
-
-
-def _calibrate(vae: FrozenVae, source: ImageSource, pre: Preprocess, cfg: EncodeConfig, device) -> dict:
+def _calibrate(vae: FrozenVae, source: ImageSource, pieces: list[Piece], pre: Preprocess, device) -> dict:
     """uint8 needs its scale/offset before the first shard: encode the first 64 good images."""
     images = []
-    for item in source:
-        img = load_image(item.data, pre) if item.error is None else None
-        if isinstance(img, np.ndarray):
-            images.append(img)
+    for piece in pieces:
+        for item in source.read(piece):
+            img = load_image(item.data, pre) if item.error is None else None
+            if isinstance(img, np.ndarray):
+                images.append(img)
+            if len(images) == 64:
+                break
         if len(images) == 64:
             break
     if not images:
         raise LiquidgenError(f"no readable image in {source.id} to calibrate uint8 storage")
-    z = vae.encode(torch.from_numpy(np.stack(images)).to(device), cfg.store)
+    z = vae.encode(torch.from_numpy(np.stack(images)).to(device), "mean")
     return calibrate_uint8(z.cpu().numpy())
 
 
@@ -165,7 +136,6 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
     """Encode `cfg.source` into the cache at `cfg.out`, resuming whatever an earlier run left."""
     from accelerate import PartialState
 
-    _check_config(cfg)
     # cpu=True lets torchrun/accelerate start a gloo group when there is no GPU.
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     device = state.device if cfg.device == "auto" else torch.device(cfg.device)
@@ -173,6 +143,12 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
     started = time.time()
 
     source = open_source(cfg.source, limit=cfg.limit, data_dir=cfg.data_dir)
+    if world > 1:  # what rank 0 read to index the source (a tar's headers) is not read again
+        from accelerate.utils import broadcast_object_list
+
+        shared = [source.shared_state() if state.is_main_process else None]
+        broadcast_object_list(shared)
+        source.adopt(shared[0])
     vae = load_vae(cfg.vae, cfg.vae_subfolder, device=device, dtype=cfg.vae_dtype)
     if cfg.resolution % vae.downscale:
         raise LiquidgenError(f"--resolution {cfg.resolution} is not a multiple of the VAE's downscale {vae.downscale}")
@@ -187,141 +163,79 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
     }
     wanted = new_manifest({**pre.describe(), "flip": cfg.flip}, vae.info, storage)
 
-    cache = CacheDir(cfg.out)
-    lock = CacheLock(cache.root)
+    builder = CacheBuilder(cfg.out, rank=rank)
     try:
+        # The shard size of an existing cache wins over the flag: pieces must keep their extent.
+        size = builder.cache.manifest()["storage"]["shard_size"] if builder.cache.exists() else cfg.shard_size
+        pieces = source.pieces(size)
+        described = source.describe(size)
         if state.is_main_process:
-            try:
-                cache.root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LiquidgenError(f"cannot create {cache.root}: {exc.strerror or exc}") from None
-            lock.acquire()
-            manifest = cache.manifest() if cache.exists() else wanted
-            check_contract(manifest, wanted, cfg.out)
-            if cfg.dtype == "uint8" and not manifest["storage"]["quant"]:
-                manifest["storage"]["quant"] = _calibrate(vae, source, pre, cfg, device)
-            _register_source(manifest, source)
-            cache.write_manifest(manifest)
+            builder.begin(wanted, described, lambda: _calibrate(vae, source, pieces, pre, device))
         state.wait_for_everyone()
-        manifest = cache.manifest()
-        src = _register_source(manifest, source)
-        size = manifest["storage"]["shard_size"]
-        done, n_shards = _plan(cache, manifest, src, source, size)
-        noop = manifest["complete"] and n_shards is not None and len(done) == n_shards
-        encoded = skipped = written = 0
-        if not noop:
-            manifest["complete"] = False
-            if state.is_main_process:
-                cache.write_manifest(manifest)
-
-            def mine(k: int) -> bool:
-                return k % world == rank and k not in done and (n_shards is None or k < n_shards)
-
-            encoded, skipped, written = _encode_shards(cfg, source, vae, pre, cache, manifest, src, mine, n_shards, device, state)
+        builder.load()
+        src = builder.source_index(described)
+        todo = builder.plan(src, pieces)
+        noop = not todo and builder.manifest["complete"]
+        state.wait_for_everyone()  # every rank has planned before any publishes a shard
+        if state.is_main_process and todo:
+            builder.mark_incomplete()
+        # Rank r takes the pieces numbered r mod N: fixed by the source, so every rank agrees.
+        mine = [p for p in todo if p.number % world == rank]
+        encoded, skipped = _encode_pieces(cfg, source, mine, vae, pre, builder, src, device, state)
         state.wait_for_everyone()
         if state.is_main_process and not noop:
-            manifest = _finalize(cache, manifest, source, src, size)
+            builder.finalize(src, pieces)
     finally:
-        lock.release()
-    manifest = cache.manifest()
-    return EncodeResult(cache.root, encoded, skipped, manifest["count"], written, time.time() - started, noop, manifest)
+        builder.release()
+    manifest = builder.cache.manifest()
+    return EncodeResult(builder.cache.root, encoded, skipped, manifest["count"], builder.written,
+                        time.time() - started, noop, manifest)
 
 
-class _Shards:
-    """Collects encoded rows per shard and hands a shard to the writer once all its items
-    (good or skipped) have arrived."""
-
-    def __init__(self, writer: ShardWriter, manifest: dict, src: int, count: int | None, flip: bool, rank: int):
-        self.writer, self.src, self.count, self.flip, self.rank = writer, src, count, flip, rank
-        self.size = manifest["storage"]["shard_size"]
-        self.backend = manifest["storage"]["backend"]
-        self.shape = manifest["storage"]["latent_shape"]
-        self.open: dict[int, dict] = {}
-
-    def _buf(self, index: int) -> dict:
-        return self.open.setdefault(index // self.size, {"rows": [], "bad": [], "seen": 0})
-
-    def add(self, index: int, key: str, label: int, z: np.ndarray, zf: np.ndarray | None) -> None:
-        self._buf(index)["rows"].append((index, key, label, z, zf))
-
-    def skip(self, index: int, key: str, reason: str) -> None:
-        shard = CacheDir.shard_name(self.src, index // self.size, self.backend)
-        self._buf(index)["bad"].append({"source": self.src, "shard": shard, "key": key, "reason": reason})
-
-    def extent(self, k: int) -> int:
-        return self.size if self.count is None else min(self.size, self.count - k * self.size)
-
-    def seen(self, indices: list[int]) -> None:
-        for index in indices:
-            self._buf(index)["seen"] += 1
-        for k in sorted({i // self.size for i in indices}):
-            if self.open[k]["seen"] == self.extent(k):
-                self.flush(k)
-
-    def flush(self, k: int) -> None:
-        buf = self.open.pop(k)
-        rows = sorted(buf["rows"], key=lambda r: r[0])
-        empty = np.zeros((0, *self.shape), np.float32)
-        latents = np.stack([r[3] for r in rows]) if rows else empty
-        flipped = (np.stack([r[4] for r in rows]) if rows else empty) if self.flip else None
-        first = k * self.size
-        end = first + (self.extent(k) if self.count is not None else buf["seen"])
-        self.writer.submit(
-            CacheDir.shard_name(self.src, k, self.backend),
-            {"source": self.src, "first": first, "end": end, "rank": self.rank, "skipped": buf["bad"]},
-            latents, flipped, np.array([r[2] for r in rows], np.int32),
-            np.array([r[0] for r in rows], np.int64), [r[1] for r in rows],
-        )
-
-    def flush_all(self) -> None:
-        for k in sorted(self.open):
-            self.flush(k)
-
-
-def _encode_shards(cfg, source, vae, pre, cache, manifest, src, mine, n_shards, device, state) -> tuple[int, int, int]:
-    size = manifest["storage"]["shard_size"]
+def _encode_pieces(cfg: EncodeConfig, source: ImageSource, pieces: list[Piece], vae: FrozenVae, pre: Preprocess,
+                   builder: CacheBuilder, src: int, device: torch.device, state) -> tuple[int, int]:
+    """This rank's pieces through the VAE into the builder. Returns (encoded, skipped)."""
+    if not pieces:
+        return 0, 0
+    workers = min(cfg.workers, len(pieces))  # a worker without a piece would only cost a start-up
     loader = DataLoader(
-        _EncodeStream(source, mine, size, pre, cfg.batch_size), batch_size=cfg.batch_size,
-        num_workers=cfg.workers, collate_fn=_collate, prefetch_factor=4 if cfg.workers else None,
-        pin_memory=device.type == "cuda",
+        _EncodeStream(source, pieces, pre, cfg.batch_size), batch_size=None, num_workers=workers,
+        prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda",
+        collate_fn=_as_is,
     )
-    label_map = _label_map(source, manifest)
-    writer = ShardWriter(cache, manifest["storage"])
-    shards = _Shards(writer, manifest, src, source.count, cfg.flip == "both", state.process_index)
-    total = None
-    if n_shards is not None and source.count is not None:
-        total = sum(shards.extent(k) for k in range(n_shards) if mine(k))
+    label_map = _label_map(source, builder.manifest)
+    known = [p.length for p in pieces]
     encoded = skipped = 0
-    bar = tqdm(total=total, unit="img", desc=f"encode {Path(cfg.out).name}", smoothing=0.05,
-               disable=not (cfg.progress and state.is_local_main_process))
+    bar = tqdm(total=None if None in known else sum(known), unit="img", desc=f"encode {Path(cfg.out).name}",
+               smoothing=0.05, disable=not (cfg.progress and state.is_local_main_process))
     try:
         for batch in loader:
+            piece = batch["piece"]
             if batch["images"] is not None:
                 x = batch["images"].to(device, non_blocking=True)
-                gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + batch["index"][0])
+                # Noise for --store sample from the batch's place in the source, not its arrival.
+                gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + piece.number) * 1_000_003 + batch["position"][0])
                 z = vae.encode(torch.cat([x, x.flip(-1)]) if cfg.flip == "both" else x, cfg.store, gen).cpu().numpy()
                 zf = z[len(x):] if cfg.flip == "both" else None
-                for row, index in enumerate(batch["index"]):
+                for row, position in enumerate(batch["position"]):
                     label = label_map.get(batch["label"][row], batch["label"][row])
-                    shards.add(index, batch["key"][row], label, z[row], None if zf is None else zf[row])
-            for index, key, reason in batch["bad"]:
-                shards.skip(index, key, reason)
+                    builder.add(piece, position, batch["key"][row], label, z[row], None if zf is None else zf[row])
+            for key, reason in batch["bad"]:
+                builder.skip(piece, src, key, reason)
                 if skipped < 5:
-                    bar.write(f"skipped {key}: {reason}")
+                    bar.write(f"skipped {key!r}: {reason}")
                 skipped += 1
-            encoded += len(batch["index"])
-            seen = batch["index"] + [b[0] for b in batch["bad"]]
-            shards.seen(seen)
-            bar.update(len(seen))
+            encoded += len(batch["position"])
+            if batch["end"] is not None:
+                builder.end(piece, src, batch["end"])
+            bar.update(len(batch["position"]) + len(batch["bad"]))
             bar.set_postfix(skipped=skipped, refresh=False)
-        shards.flush_all()  # the short last shard of a stream of unknown length
-        writer.close()
     finally:
         bar.close()
-        writer.pool.shutdown(wait=True, cancel_futures=True)
+        builder.close()
     if skipped > 5:
         print(f"... {skipped} inputs skipped in all; reasons in {Path(cfg.out) / 'skipped.log'}")
-    return encoded, skipped, writer.written
+    return encoded, skipped
 
 
 def _label_map(source: ImageSource, manifest: dict) -> dict[int, int]:
@@ -329,22 +243,3 @@ def _label_map(source: ImageSource, manifest: dict) -> dict[int, int]:
     if not source.label_names:
         return {}
     return {i: manifest["label_names"].index(n) for i, n in enumerate(source.label_names)}
-
-
-def _finalize(cache: CacheDir, manifest: dict, source: ImageSource, src: int, size: int) -> dict:
-    records = cache.records()
-    done, n_shards = _plan(cache, manifest, src, source, size)
-    if n_shards is not None and len(done) < n_shards:
-        raise LiquidgenError(
-            f"{n_shards - len(done)} shard(s) of {cache.root} were not written (a rank failed?); "
-            "rerun the same command to finish the cache"
-        )
-    # A redone shard replaces its old entry and the old entry's skipped inputs.
-    manifest["shards"] = [s for s in manifest["shards"] if s["name"] not in records]
-    manifest["skipped"] = [s for s in manifest["skipped"] if s["shard"] not in records]
-    manifest = cache.finalize(manifest)
-    try:
-        (cache.root / "skipped.log").write_text("".join(f"{s['key']}\t{s['reason']}\n" for s in manifest["skipped"]))
-    except OSError as exc:
-        raise LiquidgenError(f"cannot write {cache.root / 'skipped.log'}: {exc.strerror or exc}") from None
-    return manifest

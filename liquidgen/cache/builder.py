@@ -1,0 +1,269 @@
+"""The cache builder: the one owner of a cache while it is written.
+
+    plan      which planned shards still need writing (the rest are published already)
+    add/skip  rows and skipped inputs, routed to the shard of their piece
+    end       a piece is finished: its count is checked, its shard written in the background
+    finalize  the records merged into the manifest, every count checked, skipped.log written
+
+A shard is published by an atomic rename and then a record in `.parts/` (one per shard, naming
+the rank that wrote it); a shard without its record is redone. The records are merged by
+`finalize`, so a killed encode resumes by rerunning it, and several ranks write one cache
+without talking to each other: each writes the pieces it was given, rank 0 merges.
+
+The builder knows nothing of images: a piece is any object with `number`, `unit`, `start` and
+`length` (see `liquidgen.pipeline.sources.Piece`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from liquidgen.cache.lock import CacheLock
+from liquidgen.cache.manifest import check_contract, merge_stats, write_json_atomic
+from liquidgen.cache.shards import ShardData, dequantize, quantize, shard_files, write_shard
+from liquidgen.cache.store import CacheDir
+from liquidgen.errors import LiquidgenError
+
+
+class PieceLike(Protocol):
+    number: int
+    unit: str
+    start: int
+    length: int | None
+
+
+def channel_sums(x: np.ndarray) -> dict:
+    """float64 per-channel sums over (N, H, W): merged across shards into mean/std."""
+    x64 = x.astype(np.float64)
+    return {
+        "n": int(x.shape[0] * x.shape[2] * x.shape[3]),
+        "sum": x64.sum(axis=(0, 2, 3)).tolist(),
+        "sumsq": np.square(x64).sum(axis=(0, 2, 3)).tolist(),
+    }
+
+
+def records(root) -> dict[str, dict]:
+    """Records of the shards published since the last finalize (an encode in progress)."""
+    cache, out = CacheDir(root), {}
+    if cache.parts_dir.is_dir():
+        for path in sorted(cache.parts_dir.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # torn record: the shard is redone
+            if isinstance(record, dict) and cache.shard_path(str(record.get("name"))).exists():
+                out[record["name"]] = record
+    return out
+
+
+def _printable(text: str) -> str:
+    """One line of skipped.log per input, whatever its name holds (newlines, tabs, escapes)."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+@dataclass
+class _Open:
+    """Rows of one piece gathered until the piece ends (they arrive in order, maybe in several batches)."""
+
+    rows: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+
+class CacheBuilder:
+    def __init__(self, root, rank: int = 0, max_pending: int = 2):
+        self.cache = CacheDir(root)
+        self.rank = rank
+        self.lock = CacheLock(self.cache.root)
+        self.manifest: dict | None = None
+        self.open: dict[int, _Open] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: list[Future] = []
+        self.max_pending = max_pending
+        self.written = 0
+
+    # -- planning (rank 0 begins; every rank plans) ---------------------------------------------
+
+    def begin(self, wanted: dict, source: dict, calibrate: Callable[[], dict] | None = None) -> None:
+        """Take the cache for writing (rank 0 only): create or reopen it, refuse a mismatched
+        contract or a changed source, and record the source. Writes the manifest only when
+        something changed, so a rerun of a finished cache touches nothing."""
+        try:
+            self.cache.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LiquidgenError(f"cannot create {self.cache.root}: {exc.strerror or exc}") from None
+        self.lock.acquire()
+        manifest = self.cache.manifest() if self.cache.exists() else wanted
+        check_contract(manifest, wanted, str(self.cache.root))
+        before = json.dumps(manifest, sort_keys=True) if manifest is not wanted else None
+        if wanted["storage"]["dtype"] == "uint8" and not manifest["storage"]["quant"] and calibrate:
+            manifest["storage"]["quant"] = calibrate()
+        self._register(manifest, source)
+        self.manifest = manifest
+        if before != json.dumps(manifest, sort_keys=True):
+            self.cache.write_manifest(manifest)
+
+    @staticmethod
+    def _register(manifest: dict, source: dict) -> int:
+        """The source's number in this cache: an existing entry (resume, rerun) or a new one
+        (append). Its label names join the cache-wide `label_names`."""
+        for entry in manifest["sources"]:
+            if (entry["id"], entry["kind"], entry["split"]) == (source["id"], source["kind"], source["split"]):
+                if entry.get("fingerprint") != source["fingerprint"]:
+                    raise LiquidgenError(
+                        f"{source['id']} changed since it was encoded into this cache (files added, removed or "
+                        "resized); encode it into a new --out folder"
+                    )
+                entry["limit"], entry["expected"] = source["limit"], source["expected"]
+                return entry["index"]
+        for name in source["label_names"] or []:
+            if name not in manifest["label_names"]:
+                manifest["label_names"].append(name)
+        manifest["sources"].append({**source, "index": len(manifest["sources"]), "count": 0, "skipped": 0})
+        return len(manifest["sources"]) - 1
+
+    def source_index(self, source: dict) -> int:
+        return self._register(self.manifest, source)
+
+    def load(self) -> dict:
+        self.manifest = self.cache.manifest()
+        return self.manifest
+
+    def shard_name(self, src: int, piece: PieceLike) -> str:
+        return self.cache.shard_name(src, piece.number, self.manifest["storage"]["backend"])
+
+    def plan(self, src: int, pieces: list[PieceLike]) -> list[PieceLike]:
+        """The pieces whose shard is not yet published with exactly this extent."""
+        published = {s["name"]: s for s in self.manifest["shards"]} | records(self.cache.root)
+        todo = []
+        for piece in pieces:
+            have = published.get(self.shard_name(src, piece))
+            if not have or (have.get("unit"), have.get("start"), have.get("length")) != (piece.unit, piece.start, piece.length):
+                todo.append(piece)
+        return todo
+
+    # -- writing (every rank, its own pieces) ------------------------------------------------------
+
+    def add(self, piece: PieceLike, position: int, key: str, label: int, z: np.ndarray, zf: np.ndarray | None) -> None:
+        self.open.setdefault(piece.number, _Open()).rows.append((position, key, label, z, zf))
+
+    def skip(self, piece: PieceLike, src: int, key: str, reason: str) -> None:
+        self.open.setdefault(piece.number, _Open()).skipped.append(
+            {"source": src, "shard": self.shard_name(src, piece), "key": key, "reason": reason})
+
+    def end(self, piece: PieceLike, src: int, seen: int) -> None:
+        """All `seen` items of a piece have arrived: check the count, write its shard."""
+        buf = self.open.pop(piece.number, _Open())
+        got = len(buf.rows) + len(buf.skipped)
+        if got != seen or (piece.length is not None and seen != piece.length):
+            raise LiquidgenError(
+                f"{piece.unit} gave {seen} items from position {piece.start} where {piece.length} were expected "
+                f"({got} arrived): the source changed or could not be read to its end; rerun to redo that part"
+            )
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+            self.cache.shards_dir.mkdir(parents=True, exist_ok=True)
+            self.cache.parts_dir.mkdir(parents=True, exist_ok=True)
+        while len(self.pending) >= self.max_pending:  # the VAE waits only when writing falls behind
+            self.pending.pop(0).result()
+        rows = sorted(buf.rows, key=lambda r: r[0])
+        meta = {"name": self.shard_name(src, piece), "source": src, "unit": piece.unit, "start": piece.start,
+                "length": piece.length, "seen": seen, "rank": self.rank, "skipped": buf.skipped}
+        self.pending.append(self.pool.submit(self._write, meta, rows))
+
+    def _write(self, meta: dict, rows: list) -> None:
+        st = self.manifest["storage"]
+        dtype, quant, shape = st["dtype"], st.get("quant"), st["latent_shape"]
+        empty = np.zeros((0, *shape), np.float32)
+        latents = quantize(np.stack([r[3] for r in rows]) if rows else empty, dtype, quant)
+        flipped = None
+        if st["flip"] == "both":
+            flipped = quantize(np.stack([r[4] for r in rows]) if rows else empty, dtype, quant)
+        data = ShardData(latents=latents, flipped=flipped, labels=np.array([r[2] for r in rows], np.int32),
+                         indices=np.array([r[0] for r in rows], np.int64), keys=[r[1] for r in rows])
+        # Statistics of what a reader will see after dequantization, not of the float input.
+        stats = channel_sums(dequantize(latents, dtype, quant)) if rows else None
+        path = self.cache.shard_path(meta["name"])
+        sha, size = write_shard(path, data, st["backend"])
+        write_json_atomic(self.cache.parts_dir / f"{meta['name']}.json",
+                          {**meta, "count": len(rows), "bytes": size, "sha256": sha, "files": shard_files(path), "stats": stats})
+        self.written += 1
+
+    def close(self) -> None:
+        """Wait for every shard in flight; raises the first write error."""
+        try:
+            for fut in self.pending:
+                fut.result()
+        finally:
+            self.pending.clear()
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
+
+    # -- merging (rank 0) ---------------------------------------------------------------------------
+
+    def finalize(self, src: int, pieces: list[PieceLike]) -> dict:
+        """Merge the records into the manifest and mark it complete, after counting: every planned
+        piece has its shard, and the source's items are all there, encoded or skipped."""
+        manifest = self.load()
+        recs = records(self.cache.root)
+        missing = self.plan(src, pieces)
+        if missing:
+            raise LiquidgenError(
+                f"{len(missing)} shard(s) of {self.cache.root} were not written (a rank failed?); "
+                "rerun the same command to finish the cache"
+            )
+        # A redone shard replaces its old entry and the old entry's skipped inputs.
+        manifest["shards"] = [s for s in manifest["shards"] if s["name"] not in recs]
+        manifest["skipped"] = [s for s in manifest["skipped"] if s["shard"] not in recs]
+        for name in sorted(recs):
+            rec = recs[name]
+            manifest["shards"].append({k: rec[k] for k in (
+                "name", "source", "unit", "start", "length", "count", "bytes", "sha256", "files", "rank", "stats")})
+            manifest["skipped"] += rec["skipped"]
+        manifest["shards"].sort(key=lambda s: s["name"])
+        by_name = {s["name"]: s for s in manifest["shards"]}
+        skipped_in = {}
+        for s in manifest["skipped"]:
+            skipped_in[s["shard"]] = skipped_in.get(s["shard"], 0) + 1
+        entry = manifest["sources"][src]
+        planned = [by_name[self.shard_name(src, p)] for p in pieces]
+        seen = sum(s["count"] + skipped_in.get(s["name"], 0) for s in planned)
+        if entry.get("expected") is not None and seen != entry["expected"]:
+            raise LiquidgenError(
+                f"{entry['id']}: {seen} inputs accounted for (encoded or skipped) where the source holds "
+                f"{entry['expected']}; the cache is left incomplete: rerun to redo it"
+            )
+        manifest["count"] = sum(s["count"] for s in manifest["shards"])
+        for source in manifest["sources"]:
+            mine = [s for s in manifest["shards"] if s["source"] == source["index"]]
+            source["count"] = sum(s["count"] for s in mine)
+            source["skipped"] = sum(1 for s in manifest["skipped"] if s["source"] == source["index"])
+        manifest["stats"] = merge_stats([s["stats"] for s in manifest["shards"]])
+        manifest["complete"] = True
+        self.cache.write_manifest(manifest)
+        log = "".join(f"{_printable(s['key'])}\t{_printable(s['reason'])}\n" for s in manifest["skipped"])
+        try:
+            (self.cache.root / "skipped.log").write_text(log)
+        except OSError as exc:
+            raise LiquidgenError(f"cannot write {self.cache.root / 'skipped.log'}: {exc.strerror or exc}") from None
+        for path in self.cache.parts_dir.glob("*.json"):
+            path.unlink(missing_ok=True)
+        if self.cache.parts_dir.is_dir():
+            self.cache.parts_dir.rmdir()
+        self.manifest = manifest
+        return manifest
+
+    def mark_incomplete(self) -> None:
+        """Work is about to start: a reader must not take the cache as finished meanwhile."""
+        if self.manifest["complete"]:
+            self.manifest["complete"] = False
+            self.cache.write_manifest(self.manifest)
+
+    def release(self) -> None:
+        self.lock.release()
