@@ -164,3 +164,26 @@ def test_a_stale_lock_from_a_dead_writer_is_taken_over(paintings12, tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
     assert encode(config(paintings12, tmp_path / "c", limit=4)).total == 4
+
+
+@pytest.mark.parametrize("flag", [("--limit", "0"), ("--limit", "-1"), ("--workers", "-1"), ("--shard-size", "0")])
+def test_nonsense_flags_are_refused_before_anything_is_written(paintings12, tmp_path, flag):
+    from conftest import run_cli
+
+    out = tmp_path / "c"
+    done = run_cli("encode", str(paintings12), "--out", str(out), "--vae", str(TAEF2), "-r", "64", *flag)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert flag[0] in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not out.exists()
+
+
+def test_a_file_name_with_a_newline_and_a_tab_stays_one_line_of_skipped_log(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "evil\nname\tforged.jpg").write_text("not an image")
+    shutil.copy(next(iter(sorted((make_subset(tmp_path / "src", 1, 1) / "Baroque").iterdir()))), folder / "good.jpg")
+    result = encode(config(folder, tmp_path / "c"))
+    assert result.total == 1 and result.skipped == 1
+    log = (tmp_path / "c" / "skipped.log").read_text()
+    assert log.count("\n") == 1 and log.count("\t") == 1, repr(log)
+    assert log.startswith("evil\\nname\\tforged.jpg\t")
