@@ -166,6 +166,14 @@ class FolderSource(ImageSource):
             yield RawItem(i, rel, self._label_of.get(rel.split("/", 1)[0], -1), str(self.root / rel))
 
 
+def _unreachable(name: str, split: str, exc: Exception) -> LiquidgenError:
+    first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+    return LiquidgenError(
+        f"could not open the Hugging Face dataset {name} (split {split}): {first}. "
+        "Offline, set LIQUIDGEN_DATA_DIR to a folder holding a local copy"
+    )
+
+
 class HFSource(ImageSource):
     """A Hugging Face dataset, streamed (never downloaded whole); a Hub id or a local dataset path.
 
@@ -216,11 +224,7 @@ class HFSource(ImageSource):
         try:
             builder = datasets.load_dataset_builder(name, revision=revision)
         except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
-            raise LiquidgenError(
-                f"could not open the Hugging Face dataset {name} (split {split}): {first}. "
-                "Offline, set LIQUIDGEN_DATA_DIR to a folder holding a local copy"
-            ) from None
+            raise _unreachable(name, split, exc) from None
         if not isinstance(builder, Parquet):
             return None
         files = (builder.config.data_files or {}).get(split)
@@ -255,11 +259,7 @@ class HFSource(ImageSource):
         try:
             return datasets.load_dataset(name, split=split, streaming=True, revision=revision)
         except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
-            raise LiquidgenError(
-                f"could not open the Hugging Face dataset {name} (split {split}): {first}. "
-                "Offline, set LIQUIDGEN_DATA_DIR to a folder holding a local copy"
-            ) from None
+            raise _unreachable(name, split, exc) from None
 
     def _stream(self):
         """A non-parquet dataset as datasets shards, images undecoded; opened once per process
