@@ -23,9 +23,9 @@ def _latents(out: Path) -> tuple[np.ndarray, list[str]]:
     cache = CacheDir(out)
     m = cache.manifest()
     lat, keys = [], []
-    for s in m["shards"]:
-        d = cache.read(s["name"], m["storage"]["backend"])
-        lat.append(dequantize(d.latents, m["storage"]["dtype"], m["storage"]["quant"]))
+    for s in m.shards:
+        d = cache.read(s.name, m.storage.backend)
+        lat.append(dequantize(d.latents, m.storage.dtype, m.storage.quant))
         keys += d.keys
     return np.concatenate(lat), keys
 
@@ -67,7 +67,7 @@ def run(full: bool = False, device: str = "auto") -> dict:
         out = tmp / f"{fmt}-{dtype}"
         m = encode(EncodeConfig(str(small), str(out), vae=str(TAEF2), resolution=128, format=fmt, dtype=dtype,
                                 progress=False, device=str(device))).manifest
-        sizes[f"{fmt} {dtype}"] = sum(s["bytes"] for s in m["shards"]) / m["count"]
+        sizes[f"{fmt} {dtype}"] = sum(s.bytes for s in m.shards) / m.count
         if fmt == "zarr":
             lat, keys = _latents(out)
             decoded[dtype] = vae.decode(torch.from_numpy(lat).to(device)).cpu()

@@ -231,29 +231,29 @@ def cache_info(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
     from liquidgen.cache.store import CacheDir
 
     m = CacheDir(cache).manifest()
-    st, vae = m["storage"], m["vae"]
-    size = sum(s["bytes"] for s in m["shards"])
-    table = Table(show_header=False, title=f"{cache}" + ("" if m["complete"] else "  [red](incomplete: rerun encode)[/red]"))
+    st, vae = m.storage, m.vae
+    size = sum(s.bytes for s in m.shards)
+    table = Table(show_header=False, title=f"{cache}" + ("" if m.complete else "  [red](incomplete: rerun encode)[/red]"))
     table.add_column(style="bold")
     table.add_column()
-    for src in m["sources"]:
-        table.add_row("source", f"{src['id']} ({src['kind']}{', split ' + src['split'] if src['split'] else ''}"
-                      f"{', limit ' + str(src['limit']) if src['limit'] else ''})")
-        expected = src.get("expected")
-        table.add_row("", f"{'?' if expected is None else expected} in the source, {src['count']} encoded, {src['skipped']} skipped")
-    table.add_row("classes", ", ".join(m["label_names"]) if m["label_names"] else "none (unconditional)")
-    table.add_row("resolution", f"{m['preprocess']['resolution']} px, {m['preprocess']['resize']}, flip: {st['flip']}")
+    for src in m.sources:
+        table.add_row("source", f"{src.id} ({src.kind}{', split ' + src.split if src.split else ''}"
+                      f"{', limit ' + str(src.limit) if src.limit else ''})")
+        expected = src.expected
+        table.add_row("", f"{'?' if expected is None else expected} in the source, {src.count} encoded, {src.skipped} skipped")
+    table.add_row("classes", ", ".join(m.label_names) if m.label_names else "none (unconditional)")
+    table.add_row("resolution", f"{m.preprocess['resolution']} px, {m.preprocess['resize']}, flip: {st.flip}")
     table.add_row("VAE", f"{vae['id']}{' / ' + vae['subfolder'] if vae.get('subfolder') else ''} ({vae['class']}, "
                   f"{vae['latent_channels']} ch, /{vae['downscale']}, scale {vae['scaling_factor']:g}, shift {vae['shift_factor']:g})")
-    table.add_row("latents", f"{m['count']} x {'x'.join(map(str, st['latent_shape']))} {st['dtype']} ({st['stored']})")
-    table.add_row("storage", f"{st['backend']}, {len(m['shards'])} shards of up to {st['shard_size']}, {_human(size)}"
-                  + (f", {size / max(m['count'], 1) / (2 if st['flip'] == 'both' else 1):,.0f} bytes per latent" if m["count"] else ""))
-    table.add_row("skipped", str(len(m["skipped"])) + (f" (see {cache}/skipped.log)" if m["skipped"] else ""))
-    if m["stats"]:
-        mean, std = m["stats"]["mean"], m["stats"]["std"]
+    table.add_row("latents", f"{m.count} x {'x'.join(map(str, st.latent_shape))} {st.dtype} ({st.stored})")
+    table.add_row("storage", f"{st.backend}, {len(m.shards)} shards of up to {st.shard_size}, {_human(size)}"
+                  + (f", {size / max(m.count, 1) / (2 if st.flip == 'both' else 1):,.0f} bytes per latent" if m.count else ""))
+    table.add_row("skipped", str(len(m.skipped)) + (f" (see {cache}/skipped.log)" if m.skipped else ""))
+    if m.stats:
+        mean, std = m.stats["mean"], m.stats["std"]
         table.add_row("channel mean", f"{min(mean):+.3f} .. {max(mean):+.3f} (avg {sum(mean) / len(mean):+.3f})")
         table.add_row("channel std", f"{min(std):.3f} .. {max(std):.3f} (avg {sum(std) / len(std):.3f})")
-    table.add_row("created", f"{m['created']} by liquidgen {m['liquidgen_version']}")
+    table.add_row("created", f"{m.created} by liquidgen {m.liquidgen_version}")
     console.print(table)
 
 
@@ -267,7 +267,7 @@ def cache_verify(cache: Path = typer.Argument(..., help="Cache folder.")) -> Non
         for p in problems:
             err.print(f"[red]bad[/red] {cache}: {p}")
         raise typer.Exit(1)
-    console.print(f"{cache}: {len(manifest['shards'])} shards, {manifest['count']} latents, all checksums match")
+    console.print(f"{cache}: {len(manifest.shards)} shards, {manifest.count} latents, all checksums match")
 
 
 @cache_app.command("push")

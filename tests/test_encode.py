@@ -26,9 +26,9 @@ def read_all(out) -> tuple[dict, np.ndarray, list[str], np.ndarray]:
     cache = CacheDir(out)
     m = cache.manifest()
     lat, keys, labels = [], [], []
-    for shard in m["shards"]:
-        data = cache.read(shard["name"], m["storage"]["backend"])
-        lat.append(dequantize(data.latents, m["storage"]["dtype"], m["storage"]["quant"]))
+    for shard in m.shards:
+        data = cache.read(shard.name, m.storage.backend)
+        lat.append(dequantize(data.latents, m.storage.dtype, m.storage.quant))
         keys += data.keys
         labels.append(data.labels)
     return m, np.concatenate(lat), keys, np.concatenate(labels)
@@ -37,15 +37,15 @@ def read_all(out) -> tuple[dict, np.ndarray, list[str], np.ndarray]:
 def test_encode_writes_a_verified_self_describing_cache(paintings12, tmp_path):
     result = encode(config(paintings12, tmp_path / "c"))
     m, latents, keys, labels = read_all(tmp_path / "c")
-    assert result.total == m["count"] == 12 and m["complete"]
+    assert result.total == m.count == 12 and m.complete
     assert latents.shape == (12, 32, 8, 8)
-    assert len(m["shards"]) == 2  # shard size 8: 8 + 4
+    assert len(m.shards) == 2  # shard size 8: 8 + 4
     assert sorted(keys) == keys and len(set(keys)) == 12
-    assert m["label_names"] == ["Baroque", "Impressionism", "Pointillism"]
-    assert [m["label_names"][i] for i in labels] == [k.split("/")[0] for k in keys]
-    assert m["vae"]["latent_channels"] == 32 and m["vae"]["downscale"] == 8
-    assert m["vae"]["input_range"] == [0.0, 1.0]
-    stats = m["stats"]
+    assert m.label_names == ["Baroque", "Impressionism", "Pointillism"]
+    assert [m.label_names[i] for i in labels] == [k.split("/")[0] for k in keys]
+    assert m.vae["latent_channels"] == 32 and m.vae["downscale"] == 8
+    assert m.vae["input_range"] == [0.0, 1.0]
+    stats = m.stats
     assert np.allclose(stats["mean"], latents.mean(axis=(0, 2, 3)), atol=1e-4)
     assert np.allclose(stats["std"], latents.std(axis=(0, 2, 3)), atol=1e-4)
     assert verify_cache(tmp_path / "c")[1] == []
@@ -55,7 +55,7 @@ def test_encode_writes_a_verified_self_describing_cache(paintings12, tmp_path):
 def test_cached_latents_decode_close_to_their_source(tmp_path, paintings12):
     encode(config(paintings12, tmp_path / "c", resolution=128))
     m, latents, keys, _ = read_all(tmp_path / "c")
-    vae = load_vae(m["vae"])  # the manifest alone names the VAE
+    vae = load_vae(m.vae)  # the manifest alone names the VAE
     images = (vae.decode(__import__("torch").from_numpy(latents[:6])).numpy() * 255).round()
     scores = [psnr(images[i], source_image(paintings12, keys[i], 128)) for i in range(6)]
     assert np.mean(scores) > 25.0, scores  # TAEF2's README measures 27.8 dB at 128 px
@@ -66,7 +66,7 @@ def test_zarr_and_webdataset_hold_the_same_latents(paintings12, tmp_path):
     encode(config(paintings12, tmp_path / "w", format="wds"))
     mz, lz, kz, yz = read_all(tmp_path / "z")
     mw, lw, kw, yw = read_all(tmp_path / "w")
-    assert [s["name"] for s in mw["shards"]] == ["s00-000000.tar", "s00-000001.tar"]
+    assert [s.name for s in mw.shards] == ["s00-000000.tar", "s00-000001.tar"]
     assert kz == kw and np.array_equal(yz, yw)
     assert np.array_equal(lz, lw)
     assert verify_cache(tmp_path / "w")[1] == []
@@ -87,23 +87,23 @@ def test_bad_inputs_are_skipped_counted_and_logged(bad_images, tmp_path):
     result = encode(config(folder, tmp_path / "c", shard_size=4, batch_size=3))
     m = result.manifest
     bad = {k for k, v in expected.items() if v}
-    assert result.skipped == len(bad) and m["count"] == len(expected) - len(bad)
-    assert {s["key"] for s in m["skipped"]} == bad
-    for item in m["skipped"]:
-        assert item["reason"].startswith(expected[item["key"]])
+    assert result.skipped == len(bad) and m.count == len(expected) - len(bad)
+    assert {s.key for s in m.skipped} == bad
+    for item in m.skipped:
+        assert item.reason.startswith(expected[item.key])
     log = (tmp_path / "c" / "skipped.log").read_text().splitlines()
     assert sorted(line.split("\t")[0] for line in log) == sorted(bad)
-    assert m["sources"][0]["skipped"] == len(bad)
+    assert m.sources[0].skipped == len(bad)
 
 
 def test_appending_another_source_grows_the_cache(paintings12, paintings40, tmp_path):
     encode(config(paintings12, tmp_path / "c"))
     result = encode(config(paintings40, tmp_path / "c", limit=16))
     m = result.manifest
-    assert m["count"] == 12 + 16 and [s["count"] for s in m["sources"]] == [12, 16]
-    assert {s["name"][:3] for s in m["shards"]} == {"s00", "s01"}
-    assert len(m["label_names"]) == 5  # the new styles are added after the old ones
-    assert m["stats"]["n"] == 28 * 8 * 8
+    assert m.count == 12 + 16 and [s.count for s in m.sources] == [12, 16]
+    assert {s.name[:3] for s in m.shards} == {"s00", "s01"}
+    assert len(m.label_names) == 5  # the new styles are added after the old ones
+    assert m.stats["n"] == 28 * 8 * 8
 
 
 @pytest.mark.parametrize("change", [{"resolution": 128}, {"dtype": "fp32"}, {"format": "wds"}])
@@ -129,7 +129,7 @@ def test_uint8_storage_is_close_to_fp32(paintings12, tmp_path):
     encode(config(paintings12, tmp_path / "q", dtype="uint8"))
     _, exact, _, _ = read_all(tmp_path / "f")
     mq, approx, _, _ = read_all(tmp_path / "q")
-    assert mq["storage"]["quant"]["scale"] and len(mq["storage"]["quant"]["offset"]) == 32
+    assert mq.storage.quant["scale"] and len(mq.storage.quant["offset"]) == 32
     rel = np.abs(approx - exact).mean() / exact.std()
     assert rel < 0.02, rel
 
@@ -138,9 +138,9 @@ def test_flip_both_stores_the_mirrored_latents(paintings12, tmp_path):
     encode(config(paintings12, tmp_path / "c", flip="both", limit=4))
     cache = CacheDir(tmp_path / "c")
     m = cache.manifest()
-    data = cache.read(m["shards"][0]["name"], "zarr")
+    data = cache.read(m.shards[0].name, "zarr")
     assert data.flipped is not None and data.flipped.shape == data.latents.shape
-    vae = load_vae(m["vae"])
+    vae = load_vae(m.vae)
     import torch
 
     a = vae.decode(torch.from_numpy(data.latents[:1].astype(np.float32)))

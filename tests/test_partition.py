@@ -125,14 +125,14 @@ def sources(tmp_path_factory, paintings40) -> dict:
 
 def check_exactly_once(out: Path, expected: dict, reference: dict) -> None:
     m, latents, keys, labels = read_all(out)
-    assert m["complete"] and verify_cache(out)[1] == []
-    assert m["count"] == len(keys) == len(expected) == 36, (m["count"], len(keys))
+    assert m.complete and verify_cache(out)[1] == []
+    assert m.count == len(keys) == len(expected) == 36, (m.count, len(keys))
     assert sorted(keys) == sorted(expected), set(keys) ^ set(expected)
-    assert m["sources"][0]["expected"] == 36 and m["sources"][0]["count"] == 36
+    assert m.sources[0].expected == 36 and m.sources[0].count == 36
     for latent, key, label in zip(latents, keys, labels):
         sha, style = expected[key]
         assert np.abs(latent - reference[sha]).max() < 0.02, key  # fp16 storage; other images differ by ~1
-        assert m["label_names"][label] == m["label_names"][style] if m["label_names"] else label == style
+        assert m.label_names[label] == m.label_names[style] if m.label_names else label == style
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2, 3])
@@ -171,7 +171,7 @@ def test_two_processes_encode_every_image_once(sources, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for cell in cells:
         check_exactly_once(Path(cell["out"]), sources["expected"][cell["kind"]], sources["reference"])
-        ranks = {s["rank"] for s in read_all(cell["out"])[0]["shards"]}
+        ranks = {s.rank for s in read_all(cell["out"])[0].shards}
         assert ranks == ({0} if cell["kind"] == "hf1" else {0, 1}), (cell, ranks)  # hf1 is one row group
 
 
@@ -213,6 +213,6 @@ def test_a_killed_two_rank_two_worker_encode_resumes_exactly_once(sources, tmp_p
     done = torchrun("-m", "liquidgen", *args)
     assert done.returncode == 0, done.stderr[-3000:]
     m, latents, keys, _ = read_all(out)
-    assert m["count"] == 36 and sorted(keys) == sorted(sources["expected"]["hf_rowgroups"])
+    assert m.count == 36 and sorted(keys) == sorted(sources["expected"]["hf_rowgroups"])
     for latent, key in zip(latents, keys):
         assert np.isfinite(latent).all()

@@ -35,14 +35,14 @@ def test_a_killed_encode_resumes_with_every_image_once(paintings40, tmp_path):
     proc.wait()
     published = len(records(out))
     assert 2 <= published < 10, "the kill should land mid-run"
-    assert not CacheDir(out).manifest()["complete"]
+    assert not CacheDir(out).manifest().complete
 
     done = subprocess.run([sys.executable, "-m", "liquidgen", *encode_args(paintings40, out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     m, latents, keys, _ = read_all(out)
     expected = sorted(p.relative_to(paintings40).as_posix() for p in paintings40.rglob("*.jpg"))
-    assert m["complete"] and m["count"] == 40 and sorted(keys) == expected
+    assert m.complete and m.count == 40 and sorted(keys) == expected
     assert verify_cache(out)[1] == []
     assert latents.shape == (40, 32, 16, 16) and np.isfinite(latents).all()
 
@@ -55,8 +55,8 @@ def test_two_processes_split_the_source_and_merge_one_manifest(paintings40, tmp_
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     m, _, keys, _ = read_all(out)
-    assert m["count"] == 40 and len(set(keys)) == 40 and len(m["shards"]) == 10
-    assert {s["rank"] for s in m["shards"]} == {0, 1}
+    assert m.count == 40 and len(set(keys)) == 40 and len(m.shards) == 10
+    assert {s.rank for s in m.shards} == {0, 1}
     # the same source encoded by one process gives the same cache contents
     single = subprocess.run([sys.executable, "-m", "liquidgen", *encode_args(paintings40, tmp_path / "one", "--resolution", "64")],
                             capture_output=True, text=True, timeout=300)
@@ -76,12 +76,12 @@ def test_a_full_disk_stops_with_one_line_and_the_rerun_finishes(paintings40, tmp
         full = subprocess.run([sys.executable, "-m", "liquidgen", *args], capture_output=True, text=True, timeout=300)
         assert full.returncode == 1, full.stderr
         assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
-        assert not CacheDir(disk / "c").manifest()["complete"]
+        assert not CacheDir(disk / "c").manifest().complete
         subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
         done = subprocess.run([sys.executable, "-m", "liquidgen", *args], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         m, _, keys, _ = read_all(disk / "c")
-        assert m["count"] == 40 and len(set(keys)) == 40 and verify_cache(disk / "c")[1] == []
+        assert m.count == 40 and len(set(keys)) == 40 and verify_cache(disk / "c")[1] == []
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
 
@@ -111,8 +111,8 @@ def test_a_crashed_rank_stops_the_job_and_the_rerun_finishes(paintings40, tmp_pa
     crashed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), *args],
                              capture_output=True, text=True, timeout=120, env=env)
     assert crashed.returncode != 0 and "injected failure on rank 1" in crashed.stderr
-    assert not CacheDir(out).manifest()["complete"]
+    assert not CacheDir(out).manifest().complete
     done = subprocess.run([sys.executable, "-m", "liquidgen", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     m, _, keys, _ = read_all(out)
-    assert m["complete"] and m["count"] == 40 and len(set(keys)) == 40 and verify_cache(out)[1] == []
+    assert m.complete and m.count == 40 and len(set(keys)) == 40 and verify_cache(out)[1] == []

@@ -202,14 +202,14 @@ def test_a_malicious_shard_with_a_matching_checksum_is_refused_by_the_loader(pai
                         workers=0, progress=False))
     cache = CacheDir(out)
     manifest = cache.manifest()
-    shard = cache.shard_path(manifest["shards"][0]["name"])
+    shard = cache.shard_path(manifest.shards[0].name)
     for payload, message in [
         (_tar({"000000000.latent.npy": _npy(np.array([{"x": 1}], dtype=object), allow_pickle=True),
                "000000000.cls": b"0", "000000000.key.txt": b"k"}), "not a plain array"),
         (shard.read_bytes()[:700], "cannot read shard"),  # truncated
     ]:
         shard.write_bytes(payload)
-        manifest["shards"][0]["sha256"], manifest["shards"][0]["bytes"] = shard_digest(shard)
+        manifest.shards[0].sha256, manifest.shards[0].bytes = shard_digest(shard)
         cache.write_manifest(manifest)
         with pytest.raises(LiquidgenError, match=message):
             InMemoryLatents(str(out), 2)

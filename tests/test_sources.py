@@ -15,7 +15,7 @@ from test_encode import config, read_all
 
 def test_a_preset_reads_its_local_copy_offline(tmp_path):
     source = open_source("paintings", data_dir=str(PAINTINGS.parent))
-    assert isinstance(source, FolderSource) and source.describe(1024)["expected"] == 2000
+    assert isinstance(source, FolderSource) and source.describe(1024).expected == 2000
     assert source.label_names == ["Baroque", "Impressionism", "Pointillism", "Rococo", "Ukiyo_e"]
     keys = [item.key for piece in source.pieces(1024) for item in source.read(piece)]
     assert len(set(keys)) == 2000 and keys == sorted(keys)
@@ -26,7 +26,7 @@ def test_hf_datasets_source_streams_a_local_dataset(paintings12, tmp_path):
     assert isinstance(source, HFSource) and source.label_names == ["Baroque", "Impressionism", "Pointillism"]
     result = encode(config(f"hf:{paintings12}", tmp_path / "c"))
     m, latents, keys, labels = read_all(tmp_path / "c")
-    assert result.total == 12 and m["sources"][0]["kind"] == "hf"
+    assert result.total == 12 and m.sources[0].kind == "hf"
     assert keys == [f"shard00000/{i}" for i in range(12)]  # an imagefolder is one datasets shard
     # the same pixels as the folder source: same latents, same labels (imagefolder order aside)
     encode(config(paintings12, tmp_path / "f"))

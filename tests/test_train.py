@@ -103,7 +103,7 @@ def test_an_unfinished_or_empty_cache_is_refused(paintings40, tmp_path):
     encode(EncodeConfig(str(paintings40), str(tmp_path / "c"), vae=str(TAEF2), resolution=64, limit=8, workers=0, progress=False))
     cache = CacheDir(tmp_path / "c")
     manifest = cache.manifest()
-    manifest["complete"] = False
+    manifest.complete = False
     cache.write_manifest(manifest)
     with pytest.raises(LiquidgenError, match="encode did not finish"):
         train(tcfg(tmp_path / "c", tmp_path / "run"))

@@ -55,7 +55,7 @@ def test_taef2_pth_pair_is_recognised():
 def test_diffusers_kl_vae_records_what_decoding_needs(kl_vae_dir, paintings12, tmp_path):
     encode(config(paintings12, tmp_path / "c", vae=str(kl_vae_dir), limit=4))
     m, latents, _, _ = read_all(tmp_path / "c")
-    vae = m["vae"]
+    vae = m.vae
     assert vae["class"] == "AutoencoderKL" and vae["kind"] == "kl"
     assert (vae["latent_channels"], vae["downscale"]) == (4, 4)
     assert (vae["scaling_factor"], vae["shift_factor"], vae["input_range"]) == (0.5, 0.1, [-1.0, 1.0])
@@ -81,8 +81,8 @@ def test_kl_store_choices(kl_vae_dir, paintings12, tmp_path):
 def test_diffusers_tiny_vae(tiny_vae_dir, paintings12, tmp_path):
     encode(config(paintings12, tmp_path / "c", vae=str(tiny_vae_dir), limit=4))
     m = CacheDir(tmp_path / "c").manifest()
-    assert m["vae"]["class"] == "AutoencoderTiny" and m["vae"]["kind"] == "tiny"
-    assert m["storage"]["latent_shape"] == [4, 8, 8]
-    vae = load_vae(m["vae"])
+    assert m.vae["class"] == "AutoencoderTiny" and m.vae["kind"] == "tiny"
+    assert m.storage.latent_shape == [4, 8, 8]
+    vae = load_vae(m.vae)
     images = vae.decode(torch.zeros(2, 4, 8, 8))
     assert images.shape == (2, 3, 64, 64) and 0 <= images.min() and images.max() <= 1

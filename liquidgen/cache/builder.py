@@ -16,6 +16,7 @@ The builder knows nothing of images: a piece is any object with `number`, `unit`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from liquidgen.cache.lock import CacheLock
-from liquidgen.cache.manifest import check_contract, merge_stats, write_json_atomic
+from liquidgen.cache.manifest import Manifest, Shard, Skipped, Source, entry_from_json, merge_stats, write_json_atomic
 from liquidgen.cache.shards import ShardData, dequantize, quantize, shard_files, write_shard
 from liquidgen.cache.store import CacheDir
 from liquidgen.errors import LiquidgenError
@@ -48,17 +49,27 @@ def channel_sums(x: np.ndarray) -> dict:
     }
 
 
-def records(root) -> dict[str, dict]:
+@dataclass
+class Record:
+    """What `.parts/<shard>.json` says of a published shard until finalize merges it."""
+
+    shard: Shard
+    skipped: list[Skipped]
+
+
+def records(root) -> dict[str, Record]:
     """Records of the shards published since the last finalize (an encode in progress)."""
     cache, out = CacheDir(root), {}
     if cache.parts_dir.is_dir():
         for path in sorted(cache.parts_dir.glob("*.json")):
             try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # torn record: the shard is redone
-            if isinstance(record, dict) and cache.shard_path(str(record.get("name"))).exists():
-                out[record["name"]] = record
+                data = json.loads(path.read_text())
+                record = Record(entry_from_json(Shard, data.get("shard"), str(path)),
+                                [entry_from_json(Skipped, s, str(path)) for s in data.get("skipped", [])])
+            except (OSError, ValueError, AttributeError, LiquidgenError):
+                continue  # torn or foreign record: the shard is redone
+            if cache.shard_path(record.shard.name).exists():
+                out[record.shard.name] = record
     return out
 
 
@@ -80,7 +91,7 @@ class CacheBuilder:
         self.cache = CacheDir(root)
         self.rank = rank
         self.lock = CacheLock(self.cache.root)
-        self.manifest: dict | None = None
+        self.manifest: Manifest | None = None
         self.open: dict[int, _Open] = {}
         self.pool: ThreadPoolExecutor | None = None
         self.pending: list[Future] = []
@@ -89,7 +100,7 @@ class CacheBuilder:
 
     # -- planning (rank 0 begins; every rank plans) ---------------------------------------------
 
-    def begin(self, wanted: dict, source: dict, calibrate: Callable[[], dict] | None = None) -> None:
+    def begin(self, wanted: Manifest, source: Source, calibrate: Callable[[], dict] | None = None) -> None:
         """Take the cache for writing (rank 0 only): create or reopen it, refuse a mismatched
         contract or a changed source, and record the source. Writes the manifest only when
         something changed, so a rerun of a finished cache touches nothing."""
@@ -99,51 +110,51 @@ class CacheBuilder:
             raise LiquidgenError(f"cannot create {self.cache.root}: {exc.strerror or exc}") from None
         self.lock.acquire()
         manifest = self.cache.manifest() if self.cache.exists() else wanted
-        check_contract(manifest, wanted, str(self.cache.root))
-        before = json.dumps(manifest, sort_keys=True) if manifest is not wanted else None
-        if wanted["storage"]["dtype"] == "uint8" and not manifest["storage"]["quant"] and calibrate:
-            manifest["storage"]["quant"] = calibrate()
+        manifest.check_contract(wanted, str(self.cache.root))
+        before = manifest.dumps() if manifest is not wanted else None
+        if wanted.storage.dtype == "uint8" and not manifest.storage.quant and calibrate:
+            manifest.storage.quant = calibrate()
         self._register(manifest, source)
         self.manifest = manifest
-        if before != json.dumps(manifest, sort_keys=True):
+        if before != manifest.dumps():
             self.cache.write_manifest(manifest)
 
     @staticmethod
-    def _register(manifest: dict, source: dict) -> int:
+    def _register(manifest: Manifest, source: Source) -> int:
         """The source's number in this cache: an existing entry (resume, rerun) or a new one
         (append). Its label names join the cache-wide `label_names`."""
-        for entry in manifest["sources"]:
-            if (entry["id"], entry["kind"], entry["split"]) == (source["id"], source["kind"], source["split"]):
-                if entry.get("fingerprint") != source["fingerprint"]:
+        for entry in manifest.sources:
+            if (entry.id, entry.kind, entry.split) == (source.id, source.kind, source.split):
+                if entry.fingerprint != source.fingerprint:
                     raise LiquidgenError(
-                        f"{source['id']} changed since it was encoded into this cache (files added, removed or "
+                        f"{source.id} changed since it was encoded into this cache (files added, removed or "
                         "resized); encode it into a new --out folder"
                     )
-                entry["limit"], entry["expected"] = source["limit"], source["expected"]
-                return entry["index"]
-        for name in source["label_names"] or []:
-            if name not in manifest["label_names"]:
-                manifest["label_names"].append(name)
-        manifest["sources"].append({**source, "index": len(manifest["sources"]), "count": 0, "skipped": 0})
-        return len(manifest["sources"]) - 1
+                entry.limit, entry.expected = source.limit, source.expected
+                return entry.index
+        for name in source.label_names or []:
+            if name not in manifest.label_names:
+                manifest.label_names.append(name)
+        manifest.sources.append(dataclasses.replace(source, index=len(manifest.sources), count=0, skipped=0))
+        return len(manifest.sources) - 1
 
-    def source_index(self, source: dict) -> int:
+    def source_index(self, source: Source) -> int:
         return self._register(self.manifest, source)
 
-    def load(self) -> dict:
+    def load(self) -> Manifest:
         self.manifest = self.cache.manifest()
         return self.manifest
 
     def shard_name(self, src: int, piece: PieceLike) -> str:
-        return self.cache.shard_name(src, piece.number, self.manifest["storage"]["backend"])
+        return self.cache.shard_name(src, piece.number, self.manifest.storage.backend)
 
     def plan(self, src: int, pieces: list[PieceLike]) -> list[PieceLike]:
         """The pieces whose shard is not yet published with exactly this extent."""
-        published = {s["name"]: s for s in self.manifest["shards"]} | records(self.cache.root)
+        published = {s.name: s for s in self.manifest.shards} | {n: r.shard for n, r in records(self.cache.root).items()}
         todo = []
         for piece in pieces:
             have = published.get(self.shard_name(src, piece))
-            if not have or (have.get("unit"), have.get("start"), have.get("length")) != (piece.unit, piece.start, piece.length):
+            if not have or (have.unit, have.start, have.length) != (piece.unit, piece.start, piece.length):
                 todo.append(piece)
         return todo
 
@@ -153,8 +164,7 @@ class CacheBuilder:
         self.open.setdefault(piece.number, _Open()).rows.append((position, key, label, z, zf))
 
     def skip(self, piece: PieceLike, src: int, key: str, reason: str) -> None:
-        self.open.setdefault(piece.number, _Open()).skipped.append(
-            {"source": src, "shard": self.shard_name(src, piece), "key": key, "reason": reason})
+        self.open.setdefault(piece.number, _Open()).skipped.append(Skipped(src, self.shard_name(src, piece), key, reason))
 
     def end(self, piece: PieceLike, src: int, seen: int) -> None:
         """All `seen` items of a piece have arrived: check the count, write its shard."""
@@ -172,26 +182,27 @@ class CacheBuilder:
         while len(self.pending) >= self.max_pending:  # the VAE waits only when writing falls behind
             self.pending.pop(0).result()
         rows = sorted(buf.rows, key=lambda r: r[0])
-        meta = {"name": self.shard_name(src, piece), "source": src, "unit": piece.unit, "start": piece.start,
-                "length": piece.length, "seen": seen, "rank": self.rank, "skipped": buf.skipped}
-        self.pending.append(self.pool.submit(self._write, meta, rows))
+        shard = Shard(name=self.shard_name(src, piece), source=src, count=len(rows), bytes=0, sha256="",
+                      unit=piece.unit, start=piece.start, length=piece.length, rank=self.rank)
+        self.pending.append(self.pool.submit(self._write, shard, buf.skipped, rows))
 
-    def _write(self, meta: dict, rows: list) -> None:
-        st = self.manifest["storage"]
-        dtype, quant, shape = st["dtype"], st.get("quant"), st["latent_shape"]
+    def _write(self, shard: Shard, skipped: list[Skipped], rows: list) -> None:
+        st = self.manifest.storage
+        dtype, quant, shape = st.dtype, st.quant, st.latent_shape
         empty = np.zeros((0, *shape), np.float32)
         latents = quantize(np.stack([r[3] for r in rows]) if rows else empty, dtype, quant)
         flipped = None
-        if st["flip"] == "both":
+        if st.flip == "both":
             flipped = quantize(np.stack([r[4] for r in rows]) if rows else empty, dtype, quant)
         data = ShardData(latents=latents, flipped=flipped, labels=np.array([r[2] for r in rows], np.int32),
                          indices=np.array([r[0] for r in rows], np.int64), keys=[r[1] for r in rows])
         # Statistics of what a reader will see after dequantization, not of the float input.
-        stats = channel_sums(dequantize(latents, dtype, quant)) if rows else None
-        path = self.cache.shard_path(meta["name"])
-        sha, size = write_shard(path, data, st["backend"])
-        write_json_atomic(self.cache.parts_dir / f"{meta['name']}.json",
-                          {**meta, "count": len(rows), "bytes": size, "sha256": sha, "files": shard_files(path), "stats": stats})
+        shard.stats = channel_sums(dequantize(latents, dtype, quant)) if rows else None
+        path = self.cache.shard_path(shard.name)
+        shard.sha256, shard.bytes = write_shard(path, data, st.backend)
+        shard.files = shard_files(path)
+        write_json_atomic(self.cache.parts_dir / f"{shard.name}.json",
+                          {"shard": dataclasses.asdict(shard), "skipped": [dataclasses.asdict(s) for s in skipped]})
         self.written += 1
 
     def close(self) -> None:
@@ -207,7 +218,7 @@ class CacheBuilder:
 
     # -- merging (rank 0) ---------------------------------------------------------------------------
 
-    def finalize(self, src: int, pieces: list[PieceLike]) -> dict:
+    def finalize(self, src: int, pieces: list[PieceLike]) -> Manifest:
         """Merge the records into the manifest and mark it complete, after counting: every planned
         piece has its shard, and the source's items are all there, encoded or skipped."""
         manifest = self.load()
@@ -219,35 +230,32 @@ class CacheBuilder:
                 "rerun the same command to finish the cache"
             )
         # A redone shard replaces its old entry and the old entry's skipped inputs.
-        manifest["shards"] = [s for s in manifest["shards"] if s["name"] not in recs]
-        manifest["skipped"] = [s for s in manifest["skipped"] if s["shard"] not in recs]
+        manifest.shards = [s for s in manifest.shards if s.name not in recs]
+        manifest.skipped = [s for s in manifest.skipped if s.shard not in recs]
         for name in sorted(recs):
-            rec = recs[name]
-            manifest["shards"].append({k: rec[k] for k in (
-                "name", "source", "unit", "start", "length", "count", "bytes", "sha256", "files", "rank", "stats")})
-            manifest["skipped"] += rec["skipped"]
-        manifest["shards"].sort(key=lambda s: s["name"])
-        by_name = {s["name"]: s for s in manifest["shards"]}
-        skipped_in = {}
-        for s in manifest["skipped"]:
-            skipped_in[s["shard"]] = skipped_in.get(s["shard"], 0) + 1
-        entry = manifest["sources"][src]
+            manifest.shards.append(recs[name].shard)
+            manifest.skipped += recs[name].skipped
+        manifest.shards.sort(key=lambda s: s.name)
+        by_name = {s.name: s for s in manifest.shards}
+        skipped_in: dict[str, int] = {}
+        for s in manifest.skipped:
+            skipped_in[s.shard] = skipped_in.get(s.shard, 0) + 1
+        entry = manifest.sources[src]
         planned = [by_name[self.shard_name(src, p)] for p in pieces]
-        seen = sum(s["count"] + skipped_in.get(s["name"], 0) for s in planned)
-        if entry.get("expected") is not None and seen != entry["expected"]:
+        seen = sum(s.count + skipped_in.get(s.name, 0) for s in planned)
+        if entry.expected is not None and seen != entry.expected:
             raise LiquidgenError(
-                f"{entry['id']}: {seen} inputs accounted for (encoded or skipped) where the source holds "
-                f"{entry['expected']}; the cache is left incomplete: rerun to redo it"
+                f"{entry.id}: {seen} inputs accounted for (encoded or skipped) where the source holds "
+                f"{entry.expected}; the cache is left incomplete: rerun to redo it"
             )
-        manifest["count"] = sum(s["count"] for s in manifest["shards"])
-        for source in manifest["sources"]:
-            mine = [s for s in manifest["shards"] if s["source"] == source["index"]]
-            source["count"] = sum(s["count"] for s in mine)
-            source["skipped"] = sum(1 for s in manifest["skipped"] if s["source"] == source["index"])
-        manifest["stats"] = merge_stats([s["stats"] for s in manifest["shards"]])
-        manifest["complete"] = True
+        manifest.count = sum(s.count for s in manifest.shards)
+        for source in manifest.sources:
+            source.count = sum(s.count for s in manifest.shards if s.source == source.index)
+            source.skipped = sum(1 for s in manifest.skipped if s.source == source.index)
+        manifest.stats = merge_stats([s.stats for s in manifest.shards])
+        manifest.complete = True
         self.cache.write_manifest(manifest)
-        log = "".join(f"{_printable(s['key'])}\t{_printable(s['reason'])}\n" for s in manifest["skipped"])
+        log = "".join(f"{_printable(s.key)}\t{_printable(s.reason)}\n" for s in manifest.skipped)
         try:
             (self.cache.root / "skipped.log").write_text(log)
         except OSError as exc:
@@ -261,8 +269,8 @@ class CacheBuilder:
 
     def mark_incomplete(self) -> None:
         """Work is about to start: a reader must not take the cache as finished meanwhile."""
-        if self.manifest["complete"]:
-            self.manifest["complete"] = False
+        if self.manifest.complete:
+            self.manifest.complete = False
             self.cache.write_manifest(self.manifest)
 
     def release(self) -> None:

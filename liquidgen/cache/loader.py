@@ -35,25 +35,25 @@ class _Base:
         self.cache = remote.cache if remote else CacheDir(root)
         self.manifest = remote.manifest if remote else require_complete(root)
         self.location = remote.url if remote else str(self.cache.root.resolve())
-        st = self.manifest["storage"]
-        self.backend, self.dtype, self.quant = st["backend"], st["dtype"], st.get("quant")
-        self.moments = st["stored"] == "moments"
-        self.flip = st["flip"] == "both"
-        channels = st["latent_shape"][0] // (2 if self.moments else 1)
-        self.shape = (channels, *st["latent_shape"][1:])
-        stats = self.manifest["stats"]
+        st = self.manifest.storage
+        self.backend, self.dtype, self.quant = st.backend, st.dtype, st.quant
+        self.moments = st.stored == "moments"
+        self.flip = st.flip == "both"
+        channels = st.latent_shape[0] // (2 if self.moments else 1)
+        self.shape = (channels, *st.latent_shape[1:])
+        stats = self.manifest.stats
         self.device = torch.device(device)
         self.mean = torch.tensor(stats["mean"][:channels], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(stats["std"][:channels], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        self.count = self.manifest["count"]
+        self.count = self.manifest.count
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by the {world} processes")
         self.local_batch = batch_size // world
 
     @property
     def num_classes(self) -> int:
-        return len(self.manifest["label_names"])
+        return len(self.manifest.label_names)
 
     def _shard(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         if self.remote:
@@ -91,7 +91,7 @@ class _Base:
 class InMemoryLatents(_Base):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        parts = [self._shard(s["name"]) for s in self.manifest["shards"] if s["count"]]
+        parts = [self._shard(s.name) for s in self.manifest.shards if s.count]
         self.latents = torch.cat([p[0] for p in parts]).to(self.device)
         self.flipped = torch.cat([p[1] for p in parts]).to(self.device) if self.flip else None
         self.labels = torch.cat([p[2] for p in parts]).to(self.device)
@@ -112,7 +112,7 @@ class StreamingLatents(_Base):
     def __init__(self, *args, buffer_shards: int = 8, **kwargs):
         super().__init__(*args, **kwargs)
         self.buffer_shards = buffer_shards
-        self.names = [s["name"] for s in self.manifest["shards"] if s["count"]]
+        self.names = [s.name for s in self.manifest.shards if s.count]
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead")
         self.ahead: dict[int, list[Future]] = {}  # epoch -> its first buffer, requested early
         self.resident: list[tuple] | None = None  # the whole cache, when it is one buffer
@@ -167,8 +167,8 @@ def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, keep_
         remote = RemoteShards(root, keep=keep_shards)
         return StreamingLatents(root, batch_size, remote=remote, **kwargs)
     manifest = require_complete(root)
-    shape = manifest["storage"]["latent_shape"]
-    copies = 2 if manifest["storage"]["flip"] == "both" else 1
-    size_gb = manifest["count"] * math.prod(shape) * 4 * copies / 2**30
+    shape = manifest.storage.latent_shape
+    copies = 2 if manifest.storage.flip == "both" else 1
+    size_gb = manifest.count * math.prod(shape) * 4 * copies / 2**30
     cls = InMemoryLatents if size_gb <= memory_limit_gb else StreamingLatents
     return cls(root, batch_size, **kwargs)

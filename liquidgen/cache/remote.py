@@ -12,7 +12,6 @@ the manifest last. Shards come from strangers: nothing unverified is ever kept.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from liquidgen.cache.manifest import MANIFEST, MAX_MANIFEST_BYTES, check_manifest, write_json_atomic
+from liquidgen.cache.manifest import MANIFEST, MAX_MANIFEST_BYTES, Manifest, Shard, parse_manifest
 from liquidgen.cache.shards import shard_digest, shard_files
 from liquidgen.cache.store import CacheDir, verify_cache
 from liquidgen.errors import LiquidgenError
@@ -54,24 +53,24 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def dataset_card(manifest: dict) -> str:
-    src = manifest["sources"][0] if manifest["sources"] else {}
-    vae, st = manifest["vae"], manifest["storage"]
-    classes = ", ".join(manifest["label_names"]) or "none (unconditional)"
+def dataset_card(manifest: Manifest) -> str:
+    src = manifest.sources[0].__dict__ if manifest.sources else {}
+    vae, st = manifest.vae, manifest.storage
+    classes = ", ".join(manifest.label_names) or "none (unconditional)"
     return f"""---
 tags: [liquidgen, latents]
 ---
 # Latent cache: {Path(str(src.get('id', 'images'))).name} through {Path(vae['id']).name}
 
-{manifest['count']} latents made by [liquidgen](https://github.com/) from `{src.get('id')}`
+{manifest.count} latents made by [liquidgen](https://github.com/) from `{src.get('id')}`
 ({src.get('kind')}{', split ' + src['split'] if src.get('split') else ''}).
 
 | | |
 |---|---|
-| resolution | {manifest['preprocess']['resolution']} px, {manifest['preprocess']['resize']} |
+| resolution | {manifest.preprocess['resolution']} px, {manifest.preprocess['resize']} |
 | VAE | `{vae['id']}` ({vae['class']}, {vae['latent_channels']} channels, /{vae['downscale']}) |
-| latents | {'x'.join(map(str, st['latent_shape']))} {st['dtype']}, stored: {st['stored']}, flip: {st['flip']} |
-| storage | {st['backend']}, {len(manifest['shards'])} shards |
+| latents | {'x'.join(map(str, st.latent_shape))} {st.dtype}, stored: {st.stored}, flip: {st.flip} |
+| storage | {st.backend}, {len(manifest.shards)} shards |
 | classes | {classes} |
 
 Licence: these latents inherit the licence of the source images; check it before use.
@@ -92,28 +91,28 @@ def push(cache_dir: str, url: str, progress: bool = True) -> Transfer:
     cache = CacheDir(cache_dir)
     fs, root = _fs(url)
     sent = skipped = nbytes = 0
-    bar = tqdm(total=sum(s["bytes"] for s in manifest["shards"]), unit="B", unit_scale=True,
+    bar = tqdm(total=sum(s.bytes for s in manifest.shards), unit="B", unit_scale=True,
                desc=f"push {Path(cache_dir).name}", disable=not progress)
     try:
         fs.makedirs(_join(root, "shards"), exist_ok=True)
-        for shard in manifest["shards"]:
-            name, local = shard["name"], cache.shard_path(shard["name"])
-            shard.setdefault("files", shard_files(local))
+        for shard in manifest.shards:
+            name, local = shard.name, cache.shard_path(shard.name)
+            shard.files = shard.files or shard_files(local)
             marker = _join(root, "shards", name + ".sha256")
-            if fs.exists(marker) and fs.cat_file(marker).decode().strip() == shard["sha256"]:
+            if fs.exists(marker) and fs.cat_file(marker).decode().strip() == shard.sha256:
                 skipped += 1
-                bar.update(shard["bytes"])
+                bar.update(shard.bytes)
                 continue
-            for rel in shard["files"] or [""]:
+            for rel in shard.files or [""]:
                 target = _join(root, "shards", name, rel) if rel else _join(root, "shards", name)
                 fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 fs.put_file(str(local / rel if rel else local), target)
-            fs.pipe_file(marker, shard["sha256"].encode())
+            fs.pipe_file(marker, shard.sha256.encode())
             sent += 1
-            nbytes += shard["bytes"]
-            bar.update(shard["bytes"])
+            nbytes += shard.bytes
+            bar.update(shard.bytes)
         fs.pipe_file(_join(root, "README.md"), dataset_card(manifest).encode())
-        fs.pipe_file(_join(root, MANIFEST), json.dumps(manifest, indent=1).encode())  # last
+        fs.pipe_file(_join(root, MANIFEST), manifest.dumps().encode())  # last
     except Exception as exc:  # any backend's error type; markers make the rerun resume
         raise LiquidgenError(f"push to {url} failed ({exc.__class__.__name__}: {exc}); rerun to resume") from None
     finally:
@@ -121,57 +120,56 @@ def push(cache_dir: str, url: str, progress: bool = True) -> Transfer:
     return Transfer(sent, skipped, nbytes)
 
 
-def read_remote_manifest(url: str) -> dict:
+def read_remote_manifest(url: str) -> Manifest:
     fs, root = _fs(url)
     path = _join(root, MANIFEST)
     try:
         with fs.open(path, "rb", **_open_kwargs(fs)) as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+            raw = b""
+            while len(raw) <= MAX_MANIFEST_BYTES:  # one read() may come back short over HTTP
+                chunk = fh.read(MAX_MANIFEST_BYTES + 1 - len(raw))
+                if not chunk:
+                    break
+                raw += chunk
     except Exception as exc:  # fsspec backends raise their own types (httpx, aiohttp, botocore, ...)
         raise LiquidgenError(f"{url} has no readable {MANIFEST} ({exc.__class__.__name__}: {str(exc)[:120]})") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise LiquidgenError(f"{url}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes: refusing it")
-    try:
-        manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise LiquidgenError(f"{url}/{MANIFEST} is not valid JSON: refusing the cache") from None
-    check_manifest(manifest, f"{url}/{MANIFEST}")
-    if not manifest.get("complete"):
+    manifest = parse_manifest(raw, f"{url}/{MANIFEST}")
+    if not manifest.complete:
         raise LiquidgenError(f"{url} is an unfinished cache (its encode did not complete)")
     return manifest
 
 
-def fetch_shard(url: str, shard: dict, cache: CacheDir, on_bytes=lambda n: None) -> bool:
+def fetch_shard(url: str, shard: Shard, cache: CacheDir, on_bytes=lambda n: None) -> bool:
     """Download one shard of the cache at `url` into `cache`, keeping it only if its size and
     sha256 match the manifest entry. False when a matching copy was already there."""
     fs, root = _fs(url)
-    final = cache.shard_path(shard["name"])
-    if final.exists() and shard_digest(final) == (shard["sha256"], shard["bytes"]):
-        on_bytes(shard["bytes"])
+    final = cache.shard_path(shard.name)
+    if final.exists() and shard_digest(final) == (shard.sha256, shard.bytes):
+        on_bytes(shard.bytes)
         return False
     tmp = final.with_name(f".{final.name}.part{os.getpid()}-{threading.get_ident()}")
     got = 0
     try:
-        for rel in shard.get("files") or [""]:
-            src = _join(root, "shards", shard["name"], rel) if rel else _join(root, "shards", shard["name"])
+        for rel in shard.files or [""]:
+            src = _join(root, "shards", shard.name, rel) if rel else _join(root, "shards", shard.name)
             dst = tmp / rel if rel else tmp
             dst.parent.mkdir(parents=True, exist_ok=True)
             with fs.open(src, "rb", **_open_kwargs(fs)) as fin, open(dst, "wb") as fout:
                 while chunk := fin.read(1 << 20):
                     got += len(chunk)
-                    if got > shard["bytes"]:  # never store more than the manifest promised
-                        raise LiquidgenError(f"shard {shard['name']} is larger than its manifest entry: refusing it")
+                    if got > shard.bytes:  # never store more than the manifest promised
+                        raise LiquidgenError(f"shard {shard.name} is larger than its manifest entry: refusing it")
                     fout.write(chunk)
                     on_bytes(len(chunk))
-        if shard_digest(tmp) != (shard["sha256"], shard["bytes"]):
-            raise LiquidgenError(f"shard {shard['name']} from {url} does not match its sha256: refusing it")
+        if shard_digest(tmp) != (shard.sha256, shard.bytes):
+            raise LiquidgenError(f"shard {shard.name} from {url} does not match its sha256: refusing it")
         if final.is_dir():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except LiquidgenError:
         raise
     except Exception as exc:  # any backend's network or file error: the shard is simply not here yet
-        raise LiquidgenError(f"cannot fetch shard {shard['name']} from {url} ({exc.__class__.__name__}: "
+        raise LiquidgenError(f"cannot fetch shard {shard.name} from {url} ({exc.__class__.__name__}: "
                              f"{str(exc)[:120]}); rerun to resume") from None
     finally:
         if tmp.exists():
@@ -179,12 +177,10 @@ def fetch_shard(url: str, shard: dict, cache: CacheDir, on_bytes=lambda n: None)
     return True
 
 
-def _open_local(url: str, cache_dir: str | Path, manifest: dict) -> CacheDir:
+def _open_local(url: str, cache_dir: str | Path, manifest: Manifest) -> CacheDir:
     cache = CacheDir(cache_dir)
     if cache.exists():
-        from liquidgen.cache.manifest import check_contract
-
-        check_contract(cache.manifest(), manifest, str(cache_dir))
+        cache.manifest().check_contract(manifest, str(cache_dir))
     cache.shards_dir.mkdir(parents=True, exist_ok=True)
     return cache
 
@@ -192,16 +188,16 @@ def _open_local(url: str, cache_dir: str | Path, manifest: dict) -> CacheDir:
 def pull(url: str, cache_dir: str, workers: int = 8, progress: bool = True) -> Transfer:
     manifest = read_remote_manifest(url)
     cache = _open_local(url, cache_dir, manifest)
-    bar = tqdm(total=sum(s["bytes"] for s in manifest["shards"]), unit="B", unit_scale=True,
+    bar = tqdm(total=sum(s.bytes for s in manifest.shards), unit="B", unit_scale=True,
                desc=f"pull {Path(cache_dir).name}", disable=not progress)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda s: fetch_shard(url, s, cache, bar.update), manifest["shards"]))
+            results = list(pool.map(lambda s: fetch_shard(url, s, cache, bar.update), manifest.shards))
     finally:
         bar.close()
-    write_json_atomic(cache.manifest_path, manifest)  # last: the cache is complete only now
+    cache.write_manifest(manifest)  # last: the cache is complete only now
     sent = sum(results)
-    return Transfer(sent, len(results) - sent, sum(s["bytes"] for s, r in zip(manifest["shards"], results) if r))
+    return Transfer(sent, len(results) - sent, sum(s.bytes for s, r in zip(manifest.shards, results) if r))
 
 
 def home_folder(url: str) -> Path:
@@ -222,7 +218,7 @@ class RemoteShards:
         self.url, self.keep = url, keep
         self.manifest = read_remote_manifest(url)
         self.cache = _open_local(url, folder or home_folder(url), self.manifest)
-        self.entries = {s["name"]: s for s in self.manifest["shards"]}
+        self.entries = {s.name: s for s in self.manifest.shards}
         self.ready: set[str] = set()  # verified by this process
         self._lock = threading.Lock()
 
@@ -233,7 +229,7 @@ class RemoteShards:
         with self._lock:
             self.ready.add(name)
             if self.keep and len(self.ready) == len(self.entries) and not self.cache.exists():
-                write_json_atomic(self.cache.manifest_path, self.manifest)  # every shard is here now
+                self.cache.write_manifest(self.manifest)  # every shard is here now
 
     def release(self, name: str) -> None:
         if not self.keep:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from liquidgen.cache.manifest import MANIFEST, read_manifest, write_json_atomic
+from liquidgen.cache.manifest import MANIFEST, Manifest, read_manifest
 from liquidgen.cache.shards import SUFFIX, ShardData, read_shard, shard_digest
 from liquidgen.errors import LiquidgenError
 
@@ -31,11 +31,11 @@ class CacheDir:
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         return read_manifest(self.root)
 
-    def write_manifest(self, manifest: dict) -> None:
-        write_json_atomic(self.manifest_path, manifest)
+    def write_manifest(self, manifest: Manifest) -> None:
+        manifest.write(self.manifest_path)
 
     @staticmethod
     def shard_name(source: int, number: int, backend: str) -> str:
@@ -48,31 +48,31 @@ class CacheDir:
         return read_shard(self.shard_path(name), backend)
 
 
-def verify_cache(root: str | Path) -> tuple[dict, list[str]]:
+def verify_cache(root: str | Path) -> tuple[Manifest, list[str]]:
     """Check every shard against the manifest: present, same size, same sha256, same count.
     Returns the manifest and a list of problems (empty when the cache is sound)."""
     cache = CacheDir(root)
     manifest = cache.manifest()
     problems = []
-    if not manifest["complete"]:
+    if not manifest.complete:
         problems.append("the encode did not finish: rerun the same `liquidgen encode` command to resume")
-    for shard in manifest["shards"]:
-        path = cache.shard_path(shard["name"])
+    for shard in manifest.shards:
+        path = cache.shard_path(shard.name)
         if not path.exists():
-            problems.append(f"{shard['name']}: missing")
+            problems.append(f"{shard.name}: missing")
             continue
         sha, size = shard_digest(path)
-        if size != shard["bytes"]:
-            problems.append(f"{shard['name']}: {size} bytes, manifest says {shard['bytes']}")
-        elif sha != shard["sha256"]:
-            problems.append(f"{shard['name']}: sha256 mismatch (the shard is corrupt)")
+        if size != shard.bytes:
+            problems.append(f"{shard.name}: {size} bytes, manifest says {shard.bytes}")
+        elif sha != shard.sha256:
+            problems.append(f"{shard.name}: sha256 mismatch (the shard is corrupt)")
     return manifest, problems
 
 
-def require_complete(root: str | Path) -> dict:
+def require_complete(root: str | Path) -> Manifest:
     manifest = CacheDir(root).manifest()
-    if not manifest["complete"]:
+    if not manifest.complete:
         raise LiquidgenError(f"{root}: the encode did not finish; rerun the same `liquidgen encode` command to resume")
-    if manifest["count"] == 0:
+    if manifest.count == 0:
         raise LiquidgenError(f"{root} holds no latents (every input was skipped?); see {root}/skipped.log")
     return manifest

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from liquidgen.cache.builder import CacheBuilder
-from liquidgen.cache.manifest import new_manifest
+from liquidgen.cache.manifest import Manifest, Storage
 from liquidgen.cache.shards import DTYPES, calibrate_uint8
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.images import Preprocess, load_image
@@ -72,7 +72,7 @@ class EncodeResult:
     shards_written: int
     seconds: float
     noop: bool
-    manifest: dict
+    manifest: Manifest
 
 
 class _EncodeStream(IterableDataset):
@@ -157,16 +157,14 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
     pre = Preprocess(resolution=cfg.resolution)
     side = cfg.resolution // vae.downscale
     channels = vae.latent_channels * (2 if cfg.store == "moments" else 1)
-    storage = {
-        "backend": cfg.format, "dtype": cfg.dtype, "stored": cfg.store, "flip": cfg.flip,
-        "latent_shape": [channels, side, side], "shard_size": cfg.shard_size, "quant": None,
-    }
-    wanted = new_manifest({**pre.describe(), "flip": cfg.flip}, vae.info, storage)
+    storage = Storage(backend=cfg.format, dtype=cfg.dtype, stored=cfg.store, flip=cfg.flip,
+                      latent_shape=[channels, side, side], shard_size=cfg.shard_size)
+    wanted = Manifest(preprocess={**pre.describe(), "flip": cfg.flip}, vae=vae.info, storage=storage)
 
     builder = CacheBuilder(cfg.out, rank=rank)
     try:
         # The shard size of an existing cache wins over the flag: pieces must keep their extent.
-        size = builder.cache.manifest()["storage"]["shard_size"] if builder.cache.exists() else cfg.shard_size
+        size = builder.cache.manifest().storage.shard_size if builder.cache.exists() else cfg.shard_size
         pieces = source.pieces(size)
         described = source.describe(size)
         if state.is_main_process:
@@ -175,7 +173,7 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
         builder.load()
         src = builder.source_index(described)
         todo = builder.plan(src, pieces)
-        noop = not todo and builder.manifest["complete"]
+        noop = not todo and builder.manifest.complete
         state.wait_for_everyone()  # every rank has planned before any publishes a shard
         if state.is_main_process and todo:
             builder.mark_incomplete()
@@ -188,7 +186,7 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
     finally:
         builder.release()
     manifest = builder.cache.manifest()
-    return EncodeResult(builder.cache.root, encoded, skipped, manifest["count"], builder.written,
+    return EncodeResult(builder.cache.root, encoded, skipped, manifest.count, builder.written,
                         time.time() - started, noop, manifest)
 
 
@@ -238,8 +236,8 @@ def _encode_pieces(cfg: EncodeConfig, source: ImageSource, pieces: list[Piece], 
     return encoded, skipped
 
 
-def _label_map(source: ImageSource, manifest: dict) -> dict[int, int]:
+def _label_map(source: ImageSource, manifest: Manifest) -> dict[int, int]:
     """Source-local label ids -> cache-wide ids, by name (unnamed numeric labels stay as they are)."""
     if not source.label_names:
         return {}
-    return {i: manifest["label_names"].index(n) for i, n in enumerate(source.label_names)}
+    return {i: manifest.label_names.index(n) for i, n in enumerate(source.label_names)}

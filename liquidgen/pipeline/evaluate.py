@@ -53,7 +53,7 @@ def _real_images(cache: str, n: int, seed: int, device) -> tuple[torch.Tensor, t
     if path.exists():
         images = load_file(str(path))["images"].float() / 255
     else:
-        images = decode_latents(latents, data.manifest["vae"], device)
+        images = decode_latents(latents, data.manifest.vae, device)
         path.parent.mkdir(exist_ok=True)
         save_file({"images": (images * 255 + 0.5).to(torch.uint8).contiguous()}, str(path))
         images = (images * 255 + 0.5).to(torch.uint8).float() / 255  # the same quantization as a reload

@@ -20,6 +20,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
+from liquidgen.cache.manifest import Source
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.images import IMAGE_EXTENSIONS
 
@@ -123,15 +124,13 @@ class ImageSource:
             digest.update(f"{p.unit}:{p.start}:{p.length}:{self.extra.get('sizes', {}).get(p.unit, '')}\n".encode())
         return digest.hexdigest()[:16]
 
-    def describe(self, size: int) -> dict:
+    def describe(self, size: int) -> Source:
         """What the manifest records of this source; `expected` is None where the length is
         only known once read."""
         lengths = [p.length for p in self.pieces(size)]
-        return {
-            "id": self.id, "kind": self.kind, "split": self.split, "revision": self.revision,
-            "limit": self.limit, "fingerprint": self.fingerprint(self._pieces(size)), "label_names": self.label_names,
-            "expected": None if None in lengths else sum(lengths),
-        }
+        return Source(id=self.id, kind=self.kind, split=self.split, revision=self.revision, limit=self.limit,
+                      fingerprint=self.fingerprint(self._pieces(size)), label_names=self.label_names,
+                      expected=None if None in lengths else sum(lengths))
 
 
 class FolderSource(ImageSource):

@@ -102,9 +102,9 @@ def _check_memory(spec: dict, device: torch.device) -> int:
 
 def _cache_identity(data) -> dict:
     m = data.manifest
-    stats = json.dumps(m["stats"]["mean"] + m["stats"]["std"]).encode()
-    return {"path": data.location, "count": m["count"], "vae": m["vae"]["id"],
-            "latent_shape": m["storage"]["latent_shape"], "label_names": m["label_names"],
+    stats = json.dumps(m.stats["mean"] + m.stats["std"]).encode()
+    return {"path": data.location, "count": m.count, "vae": m.vae["id"],
+            "latent_shape": m.storage.latent_shape, "label_names": m.label_names,
             "stats_sha256": hashlib.sha256(stats).hexdigest()[:16]}
 
 
@@ -142,9 +142,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     params = _check_memory(spec, device)
     config = {"train": asdict(cfg), "model": spec, "cache": _cache_identity(data),
               # what sampling needs without the cache: undo normalization, name classes, decode
-              "latents": {"shape": list(data.shape), "mean": data.manifest["stats"]["mean"][: data.shape[0]],
-                          "std": data.manifest["stats"]["std"][: data.shape[0]],
-                          "label_names": data.manifest["label_names"], "vae": data.manifest["vae"]}}
+              "latents": {"shape": list(data.shape), "mean": data.manifest.stats["mean"][: data.shape[0]],
+                          "std": data.manifest.stats["std"][: data.shape[0]],
+                          "label_names": data.manifest.label_names, "vae": data.manifest.vae}}
 
     start_step, state = 0, None
     latest = ckpt.latest_checkpoint(run)
@@ -272,7 +272,7 @@ def preview(ema, data, run: Path, step: int, cfg: TrainConfig, device) -> Path:
     labels = torch.arange(n, device=device) % data.num_classes if data.num_classes else None
     gen = torch.Generator().manual_seed(cfg.seed)
     z, _ = sample_latents(ema, n, data.shape, labels, cfg.preview_steps, cfg.cfg_scale, generator=gen, device=device)
-    vae = load_vae(data.manifest["vae"], device=device)
+    vae = load_vae(data.manifest.vae, device=device)
     try:
         images = torch.cat([vae.decode(data.denormalize(chunk)) for chunk in z.split(16)])
     finally:

@@ -2,7 +2,7 @@
 `.pth` pairs behind one small interface.
 
 Everything needed to decode later is returned as a plain dict (`FrozenVae.info`) and written to
-the cache manifest, so a cache names its VAE completely and `load_vae(manifest["vae"])` gets the
+the cache manifest, so a cache names its VAE completely and `load_vae(manifest.vae)` gets the
 same model back.
 """
 
