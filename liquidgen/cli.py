@@ -91,7 +91,7 @@ def train(
     preview_every: Optional[int] = typer.Option(None, help="Steps between preview grids (default: with checkpoints; 0: never)."),
     preview_n: int = typer.Option(16, help="Images in a preview grid."),
     seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
-    memory_limit_gb: float = typer.Option(4.0, help="Caches bigger than this (float32) are streamed shard by shard."),
+    memory_limit_gb: float = typer.Option(4.0, help="Caches bigger than this (at their stored size) are streamed shard by shard; smaller ones are held whole on the training device."),
     keep_shards: bool = typer.Option(True, "--keep-shards/--no-keep-shards",
                                      help="A remote cache's shards stay on disk after they are read ($LIQUIDGEN_HOME/caches)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),

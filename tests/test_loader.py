@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from conftest import TAEF2
 from liquidgen.cache.loader import InMemoryLatents, StreamingLatents, open_latents
+from liquidgen.cache.shards import read_shard, shard_digest
+from liquidgen.cache.store import CacheDir
 from liquidgen.pipeline.encode import EncodeConfig, encode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from format1 import write_tar_v1, write_zarr_v1  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +58,8 @@ def test_ranks_see_disjoint_halves_of_each_batch(cache):
 def test_flipped_copies_are_used_about_half_the_time(cache):
     data = InMemoryLatents(str(cache), 40, seed=0)
     x, _ = next(iter(data.batches(0)))
-    plain = (data.latents - data.mean) / data.std
-    mirrored = (data.flipped - data.mean) / data.std
+    plain = data.space.normalize(data.space.dequantize(data.latents))
+    mirrored = data.space.normalize(data.space.dequantize(data.flipped))
     from_plain = sum(any(torch.equal(row, p) for p in plain) for row in x)
     from_mirror = sum(any(torch.equal(row, m) for m in mirrored) for row in x)
     assert from_plain + from_mirror == 40 and 8 <= from_mirror <= 32
@@ -57,3 +68,45 @@ def test_flipped_copies_are_used_about_half_the_time(cache):
 def test_big_caches_stream(cache):
     assert isinstance(open_latents(str(cache), 8), InMemoryLatents)
     assert isinstance(open_latents(str(cache), 8, memory_limit_gb=1e-6), StreamingLatents)
+
+
+def test_the_resident_cache_is_held_at_its_stored_size(cache):
+    data = InMemoryLatents(str(cache), 8)
+    assert data.latents.dtype == data.flipped.dtype == torch.float16
+    assert data.latents.shape == (40, 32, 8, 8)  # one preallocated buffer, not a float32 copy
+    x, _ = next(iter(data.batches(0)))
+    assert x.dtype == torch.float32  # widened per batch only
+
+
+def test_resident_and_streaming_give_the_same_latents_each_epoch(paintings40, tmp_path):
+    out = tmp_path / "c"  # no flips: which copy a batch takes would differ between the two orders
+    encode(EncodeConfig(str(paintings40), str(out), vae=str(TAEF2), resolution=64, shard_size=8, workers=0, progress=False))
+
+    def epoch(cls, **kw):
+        x = torch.cat([b[0] for b in cls(str(out), 8, seed=5, **kw).batches(0)])
+        return x.flatten(1).sum(1).sort().values  # the multiset, by a per-latent fingerprint
+
+    assert torch.allclose(epoch(InMemoryLatents), epoch(StreamingLatents, buffer_shards=2), atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "wds"])
+def test_a_cache_of_format_1_still_reads_the_same_latents(paintings40, tmp_path, fmt):
+    new = tmp_path / "new"
+    encode(EncodeConfig(str(paintings40), str(new), vae=str(TAEF2), resolution=64, shard_size=16, format=fmt,
+                        workers=0, progress=False, limit=24))
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    for shard in manifest["shards"]:  # rewritten the way format 1 laid shards out
+        path = old / "shards" / shard["name"]
+        data = read_shard(path, fmt)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        (write_zarr_v1 if fmt == "zarr" else write_tar_v1)(path, data)
+        shard["sha256"], shard["bytes"] = shard_digest(path)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert CacheDir(old).manifest().format_version == 1
+    a, b = InMemoryLatents(str(new), 8), InMemoryLatents(str(old), 8)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.labels, b.labels)
+    assert np.array_equal(read_shard(new / "shards" / manifest["shards"][0]["name"], fmt).keys,
+                          read_shard(old / "shards" / manifest["shards"][0]["name"], fmt).keys)

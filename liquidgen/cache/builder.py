@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from liquidgen.cache.lock import CacheLock
-from liquidgen.cache.manifest import Manifest, Shard, Skipped, Source, entry_from_json, merge_stats, write_json_atomic
+from liquidgen.cache.manifest import FORMAT_VERSION, Manifest, Shard, Skipped, Source, entry_from_json, merge_stats, write_json_atomic
 from liquidgen.cache.shards import ShardData, dequantize, quantize, shard_files, write_shard
 from liquidgen.cache.store import CacheDir
 from liquidgen.errors import LiquidgenError
@@ -269,8 +269,9 @@ class CacheBuilder:
 
     def mark_incomplete(self) -> None:
         """Work is about to start: a reader must not take the cache as finished meanwhile."""
-        if self.manifest.complete:
+        if self.manifest.complete or self.manifest.format_version != FORMAT_VERSION:
             self.manifest.complete = False
+            self.manifest.format_version = FORMAT_VERSION  # new shards are of this format; older ones still read
             self.cache.write_manifest(self.manifest)
 
     def release(self) -> None:

@@ -2,15 +2,16 @@
 
 Two paths, one interface (`batches(epoch)` yielding (latents, labels) on the device):
 
-* `InMemoryLatents` holds the whole cache as one tensor (on the GPU when it fits) and indexes
-  batches there: for caches up to a few GB this is as fast as data can be.
+* `InMemoryLatents` holds the whole cache at its stored size (fp16, bf16, uint8) in one
+  preallocated tensor (on the GPU when it fits) and gathers batches there, widening them to
+  float32 only per batch: for caches up to a few GB this is as fast as data can be.
 * `StreamingLatents` reads shards in a shuffled order, `buffer_shards` at a time, and shuffles
   across the buffer: larger-than-memory caches with cross-shard shuffling. The next buffer is
   read (or, for a remote cache, fetched and verified) in the background, across epochs too.
   A remote cache (any fsspec URL) is always streamed this way: training starts as soon as the
   first buffer has arrived.
 
-Normalization uses the manifest's per-channel mean/std, so the cache stays raw. Order depends
+Stored values become model inputs in `LatentSpace` (latents.py), from the manifest. Order depends
 only on (seed, epoch, rank), which makes a resumed run see exactly the batches it would have.
 """
 
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 
 from liquidgen.cache.remote import RemoteShards
-from liquidgen.cache.shards import dequantize
+from liquidgen.cache.latents import TORCH_STORED, LatentSpace
 from liquidgen.cache.store import CacheDir, require_complete
+from liquidgen.errors import LiquidgenError
 
 
 class _Base:
@@ -35,16 +37,11 @@ class _Base:
         self.cache = remote.cache if remote else CacheDir(root)
         self.manifest = remote.manifest if remote else require_complete(root)
         self.location = remote.url if remote else str(self.cache.root.resolve())
-        st = self.manifest.storage
-        self.backend, self.dtype, self.quant = st.backend, st.dtype, st.quant
-        self.moments = st.stored == "moments"
-        self.flip = st.flip == "both"
-        channels = st.latent_shape[0] // (2 if self.moments else 1)
-        self.shape = (channels, *st.latent_shape[1:])
-        stats = self.manifest.stats
         self.device = torch.device(device)
-        self.mean = torch.tensor(stats["mean"][:channels], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(stats["std"][:channels], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.space = LatentSpace.from_manifest(self.manifest, self.device)
+        st = self.manifest.storage
+        self.backend, self.flip, self.moments = st.backend, st.flip == "both", st.stored == "moments"
+        self.shape = (self.space.channels, *st.latent_shape[1:])
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.count = self.manifest.count
         if batch_size % world:
@@ -56,52 +53,62 @@ class _Base:
         return len(self.manifest.label_names)
 
     def _shard(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """One shard at its stored size: (latents, flipped or None, int64 labels), on the CPU."""
         if self.remote:
             self.remote.ensure(name)
         data = self.cache.read(name, self.backend)
         if self.remote:
             self.remote.release(name)
-        lat = torch.from_numpy(dequantize(data.latents, self.dtype, self.quant))
-        flp = torch.from_numpy(dequantize(data.flipped, self.dtype, self.quant)) if data.flipped is not None else None
-        return lat, flp, torch.from_numpy(data.labels.astype(np.int64))
+        flp = self.space.stored_tensor(data.flipped) if data.flipped is not None else None
+        return self.space.stored_tensor(data.latents), flp, torch.from_numpy(data.labels.astype(np.int64))
 
     def _finish(self, lat: torch.Tensor, flp: torch.Tensor | None, labels: torch.Tensor, gen: torch.Generator):
-        """Pick the mirrored copy half the time, sample moments, normalize."""
-        lat = lat.to(self.device, non_blocking=True)
-        if flp is not None:
-            use = (torch.rand(len(lat), generator=gen) < 0.5).to(self.device)
-            lat = torch.where(use[:, None, None, None], flp.to(self.device, non_blocking=True), lat)
-        if self.moments:
-            mean, logvar = lat.chunk(2, dim=1)
-            noise = torch.randn(mean.shape, generator=gen).to(self.device)
-            lat = mean + torch.exp(0.5 * logvar) * noise
-        return (lat - self.mean) / self.std, labels.to(self.device, non_blocking=True)
+        return self.space.to_model(lat, flp, gen), labels.to(self.device, non_blocking=True)
 
     def _batch_gen(self, epoch: int, batch: int) -> torch.Generator:
-        """Per-batch randomness (flip choice, moment sampling): a function of its position only."""
-        return torch.Generator().manual_seed((self.seed * 100_003 + epoch) * 1_000_003 + batch)
+        """Per-batch randomness (flip choice, moment sampling): a function of its position only,
+        drawn on the training device."""
+        return torch.Generator(device=self.device).manual_seed((self.seed * 100_003 + epoch) * 1_000_003 + batch)
 
     def steps_per_epoch(self) -> int:
         return max(self.count // self.batch_size, 1)
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std.to(z.device) + self.mean.to(z.device)
+        return self.space.to_vae(z)
 
 
 class InMemoryLatents(_Base):
+    """The whole cache at its stored size in one preallocated buffer on the training device,
+    filled shard by shard: the host holds at most one decoded shard besides it."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        parts = [self._shard(s.name) for s in self.manifest.shards if s.count]
-        self.latents = torch.cat([p[0] for p in parts]).to(self.device)
-        self.flipped = torch.cat([p[1] for p in parts]).to(self.device) if self.flip else None
-        self.labels = torch.cat([p[2] for p in parts]).to(self.device)
+        shape, dtype = (self.count, *self.manifest.storage.latent_shape), TORCH_STORED[self.space.dtype]
+        self.latents = torch.empty(shape, dtype=dtype, device=self.device)
+        self.flipped = torch.empty(shape, dtype=dtype, device=self.device) if self.flip else None
+        self.labels = torch.empty(self.count, dtype=torch.int64, device=self.device)
+        at = 0
+        for shard in self.manifest.shards:
+            if not shard.count:
+                continue
+            lat, flp, lab = self._shard(shard.name)
+            end = at + len(lat)
+            if end > self.count or len(lat) != shard.count:
+                raise LiquidgenError(f"{self.location}: shard {shard.name} holds {len(lat)} latents, its manifest says {shard.count}")
+            self.latents[at:end].copy_(lat)
+            if self.flipped is not None:
+                self.flipped[at:end].copy_(flp)
+            self.labels[at:end].copy_(lab)
+            at = end
+        if at != self.count:
+            raise LiquidgenError(f"{self.location}: the shards hold {at} latents, the manifest says {self.count}")
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self.count, generator=gen)
+        order = torch.randperm(self.count, generator=gen).to(self.device)  # one copy an epoch, not one a step
         for b in range(self.steps_per_epoch()):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            idx = idx[self.rank :: self.world].to(self.device)
+            idx = idx[self.rank :: self.world]
             if b < skip:  # resume: the same order, the batches already seen skipped
                 continue
             flp = self.flipped[idx] if self.flipped is not None else None
@@ -161,7 +168,7 @@ class StreamingLatents(_Base):
 
 def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, keep_shards: bool = True,
                  **kwargs) -> _Base:
-    """In memory when the cache's float32 size fits `memory_limit_gb`, else streamed; a URL
+    """In memory when the cache's stored size fits `memory_limit_gb`, else streamed; a URL
     (any fsspec location) is streamed, its shards fetched and verified as they are needed."""
     if "://" in root:
         remote = RemoteShards(root, keep=keep_shards)
@@ -169,6 +176,7 @@ def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, keep_
     manifest = require_complete(root)
     shape = manifest.storage.latent_shape
     copies = 2 if manifest.storage.flip == "both" else 1
-    size_gb = manifest.count * math.prod(shape) * 4 * copies / 2**30
+    itemsize = TORCH_STORED[manifest.storage.dtype].itemsize
+    size_gb = manifest.count * math.prod(shape) * itemsize * copies / 2**30
     cls = InMemoryLatents if size_gb <= memory_limit_gb else StreamingLatents
     return cls(root, batch_size, **kwargs)

@@ -25,7 +25,8 @@ from typing import Any, Union
 
 from liquidgen.errors import LiquidgenError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each array of a shard stored whole (shards.py); 1 still reads
+READABLE = (1, 2)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 2**20  # a manifest is metadata; anything this big is not one
 
@@ -103,8 +104,9 @@ class Manifest:
         if not isinstance(data, dict):
             raise LiquidgenError(f"{where} is malformed: not a JSON object")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise LiquidgenError(f"{where} has format version {version!r}; this liquidgen reads version {FORMAT_VERSION}")
+        if version not in READABLE:
+            raise LiquidgenError(f"{where} has format version {version!r}; this liquidgen reads versions "
+                                 f"{', '.join(map(str, READABLE))}: upgrade liquidgen to read it")
         manifest = _build(cls, data, where, "")
         for shard in manifest.shards:
             if "/" in shard.name or "\\" in shard.name or shard.name.startswith(".") or not shard.name:

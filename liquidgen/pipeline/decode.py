@@ -41,27 +41,24 @@ def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) ->
 
 
 def _from_cache(cfg: DecodeConfig) -> tuple[torch.Tensor, dict, list[str]]:
-    from liquidgen.cache.shards import dequantize
+    from liquidgen.cache.latents import LatentSpace
     from liquidgen.cache.store import CacheDir, require_complete
 
     manifest = require_complete(cfg.source)
-    cache, st = CacheDir(cfg.source), manifest.storage
+    cache, space = CacheDir(cfg.source), LatentSpace.from_manifest(manifest)
     wanted = set(cfg.keys or [])
     lat, keys = [], []
     for shard in manifest.shards:
-        data = cache.read(shard.name, st.backend)
+        data = cache.read(shard.name, manifest.storage.backend)
         for i, key in enumerate(data.keys):
             if (wanted and key in wanted) or (not wanted and len(keys) < (cfg.limit or len(data.keys) + len(keys))):
-                lat.append(dequantize(data.latents[i : i + 1], st.dtype, st.quant))
+                lat.append(space.raw(space.stored_tensor(data.latents[i : i + 1])))  # the mean, for moments
                 keys.append(key)
         if not wanted and cfg.limit and len(keys) >= cfg.limit:
             break
     if wanted and (missing := wanted - set(keys)):
         raise LiquidgenError(f"{cfg.source} has no key {sorted(missing)[0]!r}")
-    raw = torch.from_numpy(np.concatenate(lat))
-    if st.stored == "moments":
-        raw = raw[:, : raw.shape[1] // 2]  # decode the mean
-    return raw, manifest.vae, keys
+    return torch.cat(lat), manifest.vae, keys
 
 
 def decode(cfg: DecodeConfig) -> list[Path]:

@@ -46,9 +46,7 @@ def _real_images(cache: str, n: int, seed: int, device) -> tuple[torch.Tensor, t
     if n > data.count:
         raise LiquidgenError(f"--n {n} is more than the {data.count} latents in {cache}")
     pick = torch.randperm(data.count, generator=torch.Generator().manual_seed(seed))[:n]
-    latents, labels = data.latents[pick].float(), data.labels[pick]
-    if data.moments:
-        latents = latents[:, : latents.shape[1] // 2]
+    latents, labels = data.space.raw(data.latents[pick]), data.labels[pick]
     path = Path(cache) / ".eval" / f"real-n{n}-seed{seed}.safetensors"
     if path.exists():
         images = load_file(str(path))["images"].float() / 255
@@ -57,7 +55,7 @@ def _real_images(cache: str, n: int, seed: int, device) -> tuple[torch.Tensor, t
         path.parent.mkdir(exist_ok=True)
         save_file({"images": (images * 255 + 0.5).to(torch.uint8).contiguous()}, str(path))
         images = (images * 255 + 0.5).to(torch.uint8).float() / 255  # the same quantization as a reload
-    return (latents - data.mean) / data.std, labels, images
+    return data.space.normalize(latents), labels, images
 
 
 @torch.no_grad()

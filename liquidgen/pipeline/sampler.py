@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from liquidgen.cache.latents import LatentSpace
 from liquidgen.errors import LiquidgenError
 
 
@@ -57,14 +58,13 @@ def sample_latents(
 def generate_raw(model, lat: dict, labels, n, steps, cfg_scale, interval, sampler, gen, device, batch_size):
     """Raw (denormalized) latents for `n` images, in batches; shared by `sample` and the exported
     diffusers pipeline so both give the same images for the same seed."""
-    mean = torch.tensor(lat["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(lat["std"]).view(1, -1, 1, 1)
+    space = LatentSpace.from_run(lat)
     chunks, calls = [], 0
     for start in range(0, n, batch_size):
         k = min(batch_size, n - start)
         y = labels[start : start + k].to(device) if labels is not None else None
         z, calls = sample_latents(model, k, tuple(lat["shape"]), y, steps, cfg_scale, interval, sampler, gen, device)
-        chunks.append(z.float().cpu() * std + mean)
+        chunks.append(space.to_vae(z.float().cpu()))
     return torch.cat(chunks), calls
 
 

@@ -55,7 +55,7 @@ class TrainConfig:
     cfg_scale: float = 2.0
     seed: int = 0
     resume: bool = False
-    memory_limit_gb: float = 4.0  # caches larger than this (as float32) are streamed
+    memory_limit_gb: float = 4.0  # caches larger than this (at their stored size) are streamed
     keep_shards: bool = True  # a remote cache's fetched shards stay under $LIQUIDGEN_HOME/caches
     compile: bool = False
     device: str = "auto"
