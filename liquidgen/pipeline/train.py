@@ -218,8 +218,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     decay = min(cfg.ema, (1 + step) / (10 + step))  # warm-up EMA
-                    for pe, pm in zip(ema.parameters(), raw.parameters()):
-                        pe.lerp_(pm.detach(), 1 - decay)
+                    # one fused call for every parameter, not a Python loop of lerp_ per tensor
+                    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in raw.parameters()], 1 - decay)
                 step += 1
                 log_loss += loss.detach()
                 log_n += 1
