@@ -110,3 +110,27 @@ def test_a_cache_of_format_1_still_reads_the_same_latents(paintings40, tmp_path,
     assert torch.equal(a.latents, b.latents) and torch.equal(a.labels, b.labels)
     assert np.array_equal(read_shard(new / "shards" / manifest["shards"][0]["name"], fmt).keys,
                           read_shard(old / "shards" / manifest["shards"][0]["name"], fmt).keys)
+
+
+def test_two_streaming_ranks_read_disjoint_shards_that_cover_the_cache(cache):
+    """Counted: which shards each rank's loader reads in an epoch, and what it yields."""
+    reads, seen, steps = {0: [], 1: []}, {0: [], 1: []}, set()
+    for rank in (0, 1):
+        data = StreamingLatents(str(cache), 8, seed=2, rank=rank, world=2, buffer_shards=2)
+        real = data._shard
+        data._shard = lambda name, real=real, rank=rank: reads[rank].append(name) or real(name)
+        for x, y in data.batches(0):
+            assert x.shape[0] == 4  # each rank's half of the global batch of 8
+            seen[rank].append(x)
+        data.pool.shutdown(wait=True)
+        for name in data._groups(1)[1][0]:  # the next epoch's first buffer, read ahead
+            reads[rank].remove(name)
+        steps.add(len(seen[rank]))
+        assert len(seen[rank]) == data.steps_per_epoch()
+    # 5 shards of 8: ranks hold 3 and 2 shards, so both make 16 // 4 = 4 steps
+    assert steps == {4}
+    names = {s.name for s in CacheDir(cache).manifest().shards}
+    assert set(reads[0]).isdisjoint(reads[1]) and set(reads[0]) | set(reads[1]) == names
+    assert len(reads[0]) + len(reads[1]) == len(names)  # each shard read once in the epoch
+    ours = torch.cat(seen[0] + seen[1]).flatten(1).sum(1)
+    assert len(set(ours.tolist())) == len(ours) == 32  # no latent twice

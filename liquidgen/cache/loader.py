@@ -6,7 +6,8 @@ Two paths, one interface (`batches(epoch)` yielding (latents, labels) on the dev
   preallocated tensor (on the GPU when it fits) and gathers batches there, widening them to
   float32 only per batch: for caches up to a few GB this is as fast as data can be.
 * `StreamingLatents` reads shards in a shuffled order, `buffer_shards` at a time, and shuffles
-  across the buffer: larger-than-memory caches with cross-shard shuffling. The next buffer is
+  across the buffer: larger-than-memory caches with cross-shard shuffling. With several
+  processes each reads a disjoint part of the shards each epoch, decided by (seed, epoch). The next buffer is
   read (or, for a remote cache, fetched and verified) in the background, across epochs too.
   A remote cache (any fsspec URL) is always streamed this way: training starts as soon as the
   first buffer has arrived.
@@ -123,18 +124,32 @@ class StreamingLatents(_Base):
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead")
         self.ahead: dict[int, list[Future]] = {}  # epoch -> its first buffer, requested early
         self.resident: list[tuple] | None = None  # the whole cache, when it is one buffer
+        # Each rank reads its own shards: every world-th of the epoch's shard order, so an epoch
+        # reads each shard once across all ranks. (With fewer shards than ranks, every rank reads
+        # all of them and keeps its slice of each batch.)
+        self.partitioned = self.world > 1 and len(self.names) >= self.world
 
     def _groups(self, epoch: int) -> tuple[torch.Generator, list[list[str]]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         names = [self.names[i] for i in torch.randperm(len(self.names), generator=gen)]
+        if self.partitioned:
+            names = names[self.rank :: self.world]
         return gen, [names[i : i + self.buffer_shards] for i in range(0, len(names), self.buffer_shards)]
+
+    def steps_per_epoch(self) -> int:
+        """The same on every rank and every epoch: what the rank with the fewest latents can make
+        (the smallest world-th of the shards), so no rank waits for a batch that never comes."""
+        if not self.partitioned:
+            return super().steps_per_epoch()
+        counts = sorted(s.count for s in self.manifest.shards if s.count)
+        return max(sum(counts[: len(counts) // self.world]) // self.local_batch, 1)
 
     def _request(self, group: list[str]) -> list[Future]:
         return [self.pool.submit(self._shard, name) for name in group]
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen, groups = self._groups(epoch)
-        if len(groups) == 1 and self.resident is None:  # small enough to keep: read once
+        if len(self.names) <= self.buffer_shards and self.resident is None:  # the whole cache is one buffer: read once
             self.resident = [f.result() for f in self.ahead.pop(epoch, None) or self._request(self.names)]
         carry: list[tuple] = []
         made = 0
@@ -153,16 +168,19 @@ class StreamingLatents(_Base):
             flp = torch.cat([p[1] for p in parts]) if self.flip else None
             lab = torch.cat([p[2] for p in parts])
             order = torch.randperm(len(lat), generator=gen)
-            full = len(lat) // self.batch_size
+            size = self.local_batch if self.partitioned else self.batch_size
+            full = len(lat) // size
             for b in range(full):
                 if made >= self.steps_per_epoch():
                     return
-                idx = order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
+                idx = order[b * size : (b + 1) * size]
+                if not self.partitioned:
+                    idx = idx[self.rank :: self.world]
                 made += 1
                 if made <= skip:
                     continue
                 yield self._finish(lat[idx], flp[idx] if flp is not None else None, lab[idx], self._batch_gen(epoch, made))
-            rest = order[full * self.batch_size :]
+            rest = order[full * size :]
             carry = [(lat[rest], flp[rest] if flp is not None else None, lab[rest])]
 
 
