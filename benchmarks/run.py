@@ -22,6 +22,7 @@ SECTIONS = {  # name -> (module, title)
     "encode": ("encode_throughput", "Encode throughput and storage"),
     "sources": ("encode_sources", "Encode from every kind of source: bytes read once, throughput"),
     "layout": ("shard_layout", "Shard layouts: decode rate beside a plain read of the same files"),
+    "loader": ("loader_speed", "Training loaders on 204,800 latents: rate, memory, start-up, bytes per rank"),
     "train": ("train_throughput", "Training throughput: loader overhead and what caching saves"),
     "backbone": ("backbone_cost", "Backbone cost per step against diffusers baselines"),
     "shootout": ("shootout", "Shoot-out at equal training time: liquid vs DiT vs U-Net, and ablations"),

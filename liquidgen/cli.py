@@ -257,6 +257,34 @@ def cache_info(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
     console.print(table)
 
 
+@cache_app.command("bench")
+def cache_bench(
+    cache: Path = typer.Argument(..., help="Cache folder."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Batch size to load at."),
+    device: str = typer.Option("cpu", help="Where batches go: cpu, cuda, ... (the resident cache is held there)."),
+) -> None:
+    """Will this cache keep a GPU fed? Loader latents/s and MB/s beside this machine's sequential
+    read of the same files, seconds to the first batch and peak memory, resident and streaming."""
+    from liquidgen.cache.bench import bench_cache
+
+    if batch_size < 1:
+        raise LiquidgenError("--batch-size must be positive")
+    r = bench_cache(str(cache), batch_size, device)
+    seq = r["sequential"]
+    table = Table(title=f"{cache}: {r['latents']:,} latents, {_human(r['stored_bytes'])} stored, batch {batch_size}")
+    for col in ("", "latents/s", "MB/s", "first batch", "peak RSS / stored", "÷ sequential read"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("sequential read of the files", f"{seq['latents_per_s']:,.0f}", f"{seq['bytes'] / seq['seconds'] / 1e6:,.0f}",
+                  f"{seq['seconds']:.2f} s (all)", "", "1")
+    for name in ("resident", "streaming"):
+        x = r[name]
+        table.add_row(name, f"{x['latents_per_s']:,.0f}", f"{x['mb_per_s']:,.0f}", f"{x['first_batch_s']:.2f} s",
+                      f"{x['peak_rss_over_stored']:.2f}", f"{x['latents_per_s'] / seq['latents_per_s']:.2f}")
+    g = r["gather"]
+    table.add_row("plain in-RAM gather (the ceiling)", f"{g['latents_per_s']:,.0f}", f"{g['mb_per_s']:,.0f}", "", "", "")
+    console.print(table)
+
+
 @cache_app.command("verify")
 def cache_verify(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
     """Check every shard against the manifest (size and sha256); exit 1 naming each bad shard."""

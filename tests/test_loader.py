@@ -58,8 +58,8 @@ def test_ranks_see_disjoint_halves_of_each_batch(cache):
 def test_flipped_copies_are_used_about_half_the_time(cache):
     data = InMemoryLatents(str(cache), 40, seed=0)
     x, _ = next(iter(data.batches(0)))
-    plain = data.space.normalize(data.space.dequantize(data.latents))
-    mirrored = data.space.normalize(data.space.dequantize(data.flipped))
+    plain = data.space.to_model(data.latents)
+    mirrored = data.space.to_model(data.flipped)
     from_plain = sum(any(torch.equal(row, p) for p in plain) for row in x)
     from_mirror = sum(any(torch.equal(row, m) for m in mirrored) for row in x)
     assert from_plain + from_mirror == 40 and 8 <= from_mirror <= 32

@@ -34,6 +34,12 @@ class LatentSpace:
         if dtype == "uint8":
             self.scale = torch.tensor(quant["scale"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
             self.offset = torch.tensor(quant["offset"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        # stored -> normalized in one fused multiply-add, where no sampling sits between them:
+        # (x * scale + offset - mean) / std = x * a + b
+        if not self.moments:
+            scale = self.scale if self.scale is not None else torch.ones_like(self.std)
+            offset = self.offset if self.offset is not None else torch.zeros_like(self.mean)
+            self._a, self._b = scale / self.std, (offset - self.mean) / self.std
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, device: str | torch.device = "cpu") -> "LatentSpace":
@@ -65,13 +71,14 @@ class LatentSpace:
                  gen: torch.Generator | None = None) -> torch.Tensor:
         """A batch at stored size -> normalized model inputs: the mirrored copy half the time,
         moments sampled, per-channel normalization. Random draws use `gen`, on this device."""
-        x = self.dequantize(stored.to(self.device, non_blocking=True))
-        if flipped is not None:
+        x = stored.to(self.device, non_blocking=True)
+        if flipped is not None:  # chosen at stored size, before anything is widened
             use = torch.rand(len(x), generator=gen, device=self.device) < 0.5
-            x = torch.where(use[:, None, None, None], self.dequantize(flipped.to(self.device, non_blocking=True)), x)
-        if self.moments:
-            mean, logvar = x.chunk(2, dim=1)
-            x = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen, device=self.device)
+            x = torch.where(use[:, None, None, None], flipped.to(self.device, non_blocking=True), x)
+        if not self.moments:
+            return torch.addcmul(self._b, x.float() if x.dtype == torch.uint8 else x, self._a)
+        mean, logvar = self.dequantize(x).chunk(2, dim=1)
+        x = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen, device=self.device)
         return self.normalize(x)
 
     def raw(self, stored: torch.Tensor) -> torch.Tensor:

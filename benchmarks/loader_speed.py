@@ -1,0 +1,119 @@
+"""The training loaders on a cache big enough that memory and bytes read are visible: 204,800
+real TAEF2 latents (32x16x16; 100 paintings encoded at 128 px, replicated through the cache
+builder), fp16 and uint8, Zarr and WebDataset.
+
+Each cache is measured by `liquidgen.cache.bench.bench_cache` (what `liquidgen cache bench`
+prints) in a fresh process, so peak RSS belongs to that measurement alone; the same process then
+counts the shard bytes that rank 0 of 2 streams in one epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from common import TAEF2, subset
+from liquidgen.cache.builder import CacheBuilder
+from liquidgen.cache.manifest import Manifest, Source, Storage
+from liquidgen.cache.shards import calibrate_uint8
+from liquidgen.cache.store import CacheDir
+from liquidgen.pipeline.encode import EncodeConfig, encode
+from liquidgen.pipeline.sources import Piece
+
+SIZE = 1024
+
+MEASURE = """
+import json, sys
+from liquidgen.cache.bench import bench_cache
+from liquidgen.cache.loader import StreamingLatents
+from liquidgen.cache.store import CacheDir
+root, batch = sys.argv[1], int(sys.argv[2])
+r = bench_cache(root, batch)
+data = StreamingLatents(root, batch, rank=0, world=2)
+sizes = {s.name: s.bytes for s in data.manifest.shards}
+read = []
+real = data._shard
+data._shard = lambda name: read.append(sizes[name]) or real(name)
+for _ in data.batches(0):
+    pass
+data.pool.shutdown(wait=True)
+r["rank0_of_2_bytes_over_cache"] = (sum(read) - sum(sizes[n] for n in data._groups(1)[1][0])) / sum(sizes.values())
+print(json.dumps(r))
+"""
+
+
+def real_latents(tmp: Path) -> tuple[np.ndarray, Manifest]:
+    out = tmp / "real"
+    encode(EncodeConfig(str(subset(tmp / "images", 20)), str(out), vae=str(TAEF2), resolution=128, dtype="fp32", progress=False))
+    cache = CacheDir(out)
+    m = cache.manifest()
+    return np.concatenate([cache.read(s.name, m.storage.backend).latents for s in m.shards]), m
+
+
+def replicated_cache(out: Path, real: np.ndarray, like: Manifest, n: int, backend: str, dtype: str) -> Path:
+    """`n` latents, real ones repeated, written through the cache builder like any encode."""
+    storage = Storage(backend=backend, dtype=dtype, stored="mean", flip="none", latent_shape=list(real.shape[1:]),
+                      shard_size=SIZE, quant=calibrate_uint8(real) if dtype == "uint8" else None)
+    wanted = Manifest(preprocess=like.preprocess, vae=like.vae, storage=storage)
+    source = Source(id=f"{len(real)} latents replicated", kind="folder", split=None, revision=None, limit=None,
+                    fingerprint="replicated", label_names=None, expected=n)
+    pieces = [Piece(k, "replica", k * SIZE, min(SIZE, n - k * SIZE)) for k in range(-(-n // SIZE))]
+    builder = CacheBuilder(out)
+    try:
+        builder.begin(wanted, source)
+        builder.mark_incomplete()
+        for piece in pieces:
+            for i in range(piece.start, piece.start + piece.length):
+                builder.add(piece, i, f"r{i}", -1, real[i % len(real)], None)
+            builder.end(piece, 0, piece.length)
+        builder.close()
+        builder.finalize(0, pieces)
+    finally:
+        builder.release()
+    return out
+
+
+def run(full: bool = False, device: str = "auto") -> dict:
+    n, batch = (204_800, 256)
+    tmp = Path(tempfile.mkdtemp(prefix="lg-bench-loader-"))
+    real, like = real_latents(tmp)
+    rows = []
+    for backend in ("zarr", "wds"):
+        for dtype in ("fp16", "uint8"):
+            out = replicated_cache(tmp / f"{backend}-{dtype}", real, like, n, backend, dtype)
+            done = subprocess.run([sys.executable, "-c", MEASURE, str(out), str(batch)], capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(done.stderr[-2000:])
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append({"name": f"{backend} {dtype}", **r})
+            for p in sorted(out.rglob("*"), reverse=True):  # 3 GB each: keep the disk free
+                p.unlink() if p.is_file() else p.rmdir()
+    return {"latents": n, "shape": list(real.shape[1:]), "batch_size": batch, "rows": rows}
+
+
+def markdown(r: dict) -> str:
+    def line(x: dict) -> str:
+        seq, res, st, g = x["sequential"], x["resident"], x["streaming"], x["gather"]
+        return (f"| {x['name']} | {x['stored_bytes'] / 2**30:.2f} GB | {seq['latents_per_s']:,.0f} | "
+                f"{st['latents_per_s']:,.0f} ({st['latents_per_s'] / seq['latents_per_s']:.2f}) | "
+                f"{res['latents_per_s']:,.0f} ({res['latents_per_s'] / g['latents_per_s']:.2f} of {g['latents_per_s']:,.0f}) | "
+                f"{res['peak_rss_over_stored']:.2f} | {res['first_batch_s']:.1f} s ({res['first_batch_s'] / seq['seconds']:.1f}) | "
+                f"{st['first_batch_s']:.2f} s | {x['rank0_of_2_bytes_over_cache']:.3f} |")
+
+    rows = "\n".join(line(x) for x in r["rows"])
+    return f"""\
+{r['latents']:,} latents of {'x'.join(map(str, r['shape']))}, batch {r['batch_size']}, one process on the CPU. In brackets: the
+issue's ratios. Streaming ÷ a sequential read of the same files (goal ≥ 0.8); resident ÷ a plain
+gather from the same in-memory array (goal ≥ 0.9); resident peak RSS ÷ stored bytes (goal ≤ 1.25);
+seconds to the first resident batch ÷ the sequential read's seconds (goal ≤ 2); shard bytes rank 0
+of 2 streams in an epoch ÷ the cache (goal ≤ 0.55).
+
+| cache | stored | sequential read, latents/s | streaming, latents/s | resident, latents/s | resident peak RSS ÷ stored | resident first batch | streaming first batch | rank 0 of 2 reads |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+"""
