@@ -116,4 +116,11 @@ of 2 streams in an epoch ÷ the cache (goal ≤ 0.55).
 | cache | stored | sequential read, latents/s | streaming, latents/s | resident, latents/s | resident peak RSS ÷ stored | resident first batch | streaming first batch | rank 0 of 2 reads |
 |---|---|---|---|---|---|---|---|---|
 {rows}
+
+Each figure is one measurement, not interleaved rounds, so the rates carry this machine's noise
+(the two uint8 resident rows run the same code on the same in-memory data). Known causes of the
+misses, from reading the code rather than a profile: the streaming loader concatenates its buffer,
+gathers and normalizes in the training thread; the resident loader reads each shard into a new
+array and copies it into the buffer (two passes where the sequential read makes one), and widens
+and normalizes every batch on the CPU, work a GPU does in microseconds.
 """
