@@ -134,3 +134,14 @@ def test_two_streaming_ranks_read_disjoint_shards_that_cover_the_cache(cache):
     assert len(reads[0]) + len(reads[1]) == len(names)  # each shard read once in the epoch
     ours = torch.cat(seen[0] + seen[1]).flatten(1).sum(1)
     assert len(set(ours.tolist())) == len(ours) == 32  # no latent twice
+
+
+@pytest.mark.parametrize("dtype, fmt", [("bf16", "zarr"), ("uint8", "wds"), ("fp32", "zarr")])
+def test_the_resident_buffer_is_read_into_bit_for_bit(paintings12, tmp_path, dtype, fmt):
+    out = tmp_path / "c"
+    encode(EncodeConfig(str(paintings12), str(out), vae=str(TAEF2), resolution=64, shard_size=5, dtype=dtype,
+                        format=fmt, workers=0, progress=False))
+    data = InMemoryLatents(str(out), 4)
+    cache = CacheDir(out)
+    stored = np.concatenate([read_shard(cache.shard_path(s.name), fmt).latents for s in cache.manifest().shards])
+    assert np.array_equal(data._numpy(data.latents), stored) and len(stored) == 12

@@ -92,17 +92,33 @@ class InMemoryLatents(_Base):
         for shard in self.manifest.shards:
             if not shard.count:
                 continue
-            lat, flp, lab = self._shard(shard.name)
-            end = at + len(lat)
-            if end > self.count or len(lat) != shard.count:
-                raise LiquidgenError(f"{self.location}: shard {shard.name} holds {len(lat)} latents, its manifest says {shard.count}")
-            self.latents[at:end].copy_(lat)
-            if self.flipped is not None:
-                self.flipped[at:end].copy_(flp)
+            end = at + shard.count
+            if end > self.count:
+                raise LiquidgenError(f"{self.location}: its shards hold more latents than the manifest's {self.count}")
+            if self.device.type == "cpu":  # each shard read straight into its place in the buffer
+                into = {"latents": self._numpy(self.latents[at:end])}
+                if self.flipped is not None:
+                    into["flipped"] = self._numpy(self.flipped[at:end])
+                data = self.cache.read(shard.name, self.backend, into)
+                lab = torch.from_numpy(data.labels.astype(np.int64))
+            else:
+                lat, flp, lab = self._shard(shard.name)
+                if len(lat) != shard.count:
+                    raise LiquidgenError(f"{self.location}: shard {shard.name} holds {len(lat)} latents, its manifest says {shard.count}")
+                self.latents[at:end].copy_(lat)
+                if self.flipped is not None:
+                    self.flipped[at:end].copy_(flp)
+            if len(lab) != shard.count:
+                raise LiquidgenError(f"{self.location}: shard {shard.name} holds {len(lab)} labels, its manifest says {shard.count}")
             self.labels[at:end].copy_(lab)
             at = end
         if at != self.count:
             raise LiquidgenError(f"{self.location}: the shards hold {at} latents, the manifest says {self.count}")
+
+    @staticmethod
+    def _numpy(t: torch.Tensor) -> np.ndarray:
+        """A CPU buffer slice as the numpy array a shard is stored as (bf16 as its uint16 bits)."""
+        return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)

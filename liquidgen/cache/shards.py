@@ -173,18 +173,30 @@ def _write_tar(path: Path, data: ShardData) -> None:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def read_shard(path: Path, backend: str) -> ShardData:
+def read_shard(path: Path, backend: str, into: dict[str, np.ndarray] | None = None) -> ShardData:
+    """A shard's arrays. With `into` ({"latents": array, "flipped": array}), those arrays are
+    filled where they lie (one read straight into a caller's buffer, e.g. the resident cache)
+    and returned as the shard's; they must have the shard's exact shape and stored dtype."""
     try:
         if backend == "zarr":
-            return _read_zarr(path)
-        return _read_tar_blocks(path) or read_tar(open(path, "rb"), str(path))
+            data = _read_zarr(path, into or {})
+        else:
+            data = _read_tar_blocks(path, into or {}) or read_tar(open(path, "rb"), str(path))
+        for name, out in (into or {}).items():
+            got = getattr(data, name)
+            if got is not out:  # a layout read whole first (format 1): copied over once
+                if got is None or got.shape != out.shape:
+                    raise LiquidgenError(f"{path}: its {name} are {None if got is None else got.shape}, expected {out.shape}")
+                out[...] = got
+                setattr(data, name, out)
+        return data
     except LiquidgenError:
         raise
     except Exception as exc:  # zarr/numpy raise many types on damaged data
         raise LiquidgenError(f"cannot read shard {path}: {exc.__class__.__name__}: {str(exc)[:200]}") from None
 
 
-def _read_tar_blocks(path: Path) -> ShardData | None:
+def _read_tar_blocks(path: Path, into: dict[str, np.ndarray]) -> ShardData | None:
     """A shard tar of whole-array members, each read straight into its array by offset; None
     for a tar of one member per latent (caches of format 1), which `read_tar` streams."""
     where = str(path)
@@ -201,11 +213,11 @@ def _read_tar_blocks(path: Path) -> ShardData | None:
             member = members.get(f"shard.{name}.npy")
             if member is not None:
                 fh.seek(member.offset_data)
-                arrays[name] = _read_npy(fh, member.size, where)
+                arrays[name] = _read_npy(fh, member.size, where, into.get(name))
     return _block_data(arrays, keys, where)
 
 
-def _read_npy(fh, size: int, where: str) -> np.ndarray:
+def _read_npy(fh, size: int, where: str, out: np.ndarray | None = None) -> np.ndarray:
     """An .npy member read with one `fromfile`, refusing object arrays and headers that promise
     more (or less) data than the member holds."""
     start = fh.tell()
@@ -221,7 +233,20 @@ def _read_npy(fh, size: int, where: str) -> np.ndarray:
     count = int(np.prod(shape))
     if fh.tell() - start + count * dtype.itemsize != size:
         raise LiquidgenError(f"{where}: an .npy member's header says {shape} {dtype}, its size says otherwise")
-    return np.fromfile(fh, dtype=dtype, count=count).reshape(shape)
+    return _fill(fh, dtype, shape, out, where)
+
+
+def _fill(fh, dtype, shape, out: np.ndarray | None, where: str) -> np.ndarray:
+    """The array at `fh`'s position: read into `out` when given (it must match), else new."""
+    count = int(np.prod(shape))
+    if out is None:
+        return np.fromfile(fh, dtype=dtype, count=count).reshape(shape)
+    if tuple(out.shape) != tuple(shape) or out.dtype != np.dtype(dtype) or not out.flags.c_contiguous:
+        raise LiquidgenError(f"{where}: holds {tuple(shape)} {np.dtype(dtype)}, the buffer given is {out.shape} {out.dtype}")
+    view = memoryview(out).cast("B")
+    if fh.readinto(view) != view.nbytes:
+        raise LiquidgenError(f"{where}: ended before its {tuple(shape)} {np.dtype(dtype)} array")
+    return out
 
 
 def _keys(payload: bytes | list | None, where: str) -> list[str]:
@@ -253,13 +278,13 @@ def _check_member(member: tarfile.TarInfo, where: str) -> None:
         raise LiquidgenError(f"{where}: tar member {name!r} is {member.size} bytes, too large")
 
 
-def _read_zarr(path: Path) -> ShardData:
+def _read_zarr(path: Path, into: dict[str, np.ndarray]) -> ShardData:
     try:
         group = json.loads((path / "zarr.json").read_text())
         keys = group["attributes"]["keys"]
     except (OSError, ValueError, KeyError, TypeError):
         raise LiquidgenError(f"cannot read shard {path}: no Zarr group metadata with its keys") from None
-    arrays = {name: _read_zarr_array(path / name) for name in ("latents", "flipped", "labels", "indices")
+    arrays = {name: _read_zarr_array(path / name, into.get(name)) for name in ("latents", "flipped", "labels", "indices")
               if (path / name / "zarr.json").exists()}
     if "latents" not in arrays:
         raise LiquidgenError(f"cannot read shard {path}: it has no latents array")
@@ -270,7 +295,7 @@ _ZARR_DTYPES = {"float16": "<f2", "float32": "<f4", "uint16": "<u2", "uint8": "u
 _WHOLE = ([{"name": "bytes", "configuration": {"endian": "little"}}], {"name": "default", "configuration": {"separator": "/"}})
 
 
-def _read_zarr_array(path: Path) -> np.ndarray:
+def _read_zarr_array(path: Path, out: np.ndarray | None = None) -> np.ndarray:
     """An array as format 2 stores it (one chunk, `bytes` codec, little-endian: by the Zarr v3
     spec its chunk file is the raw array) read with one `fromfile`; any other array through zarr."""
     meta = json.loads((path / "zarr.json").read_text())
@@ -286,7 +311,8 @@ def _read_zarr_array(path: Path) -> np.ndarray:
         return np.full(shape, meta.get("fill_value", 0), np.dtype(dtype))
     if chunk.stat().st_size != count * np.dtype(dtype).itemsize:
         raise LiquidgenError(f"{path}: its chunk holds {chunk.stat().st_size} bytes, its metadata promises {shape} {dtype}")
-    return np.fromfile(chunk, dtype=dtype, count=count).reshape(shape).astype(np.dtype(dtype).newbyteorder("="), copy=False)
+    with open(chunk, "rb") as fh:
+        return _fill(fh, np.dtype(dtype).newbyteorder("="), shape, out, str(path))
 
 
 def read_tar(fileobj: IO[bytes], where: str) -> ShardData:

@@ -44,8 +44,8 @@ class CacheDir:
     def shard_path(self, name: str) -> Path:
         return self.shards_dir / name
 
-    def read(self, name: str, backend: str) -> ShardData:
-        return read_shard(self.shard_path(name), backend)
+    def read(self, name: str, backend: str, into: dict | None = None) -> ShardData:
+        return read_shard(self.shard_path(name), backend, into)
 
 
 def verify_cache(root: str | Path) -> tuple[Manifest, list[str]]:
