@@ -76,9 +76,9 @@ def test_info_on_a_folder_that_is_not_a_cache(tmp_path):
 def test_cache_bench_says_whether_the_loader_keeps_up(paintings12, tmp_path):
     out = tmp_path / "cache"
     assert run_cli("encode", str(paintings12), "--out", str(out), "--vae", str(TAEF2), "-r", "64").returncode == 0
-    done = run_cli("cache", "bench", str(out), "--batch-size", "4")
+    done = run_cli("cache", "bench", str(out), "--batch-size", "4", env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
-    for row in ("sequential", "resident", "streaming", "gather"):
+    for row in ("sequential", "resident", "streaming", "normalized"):
         assert row in done.stdout, done.stdout
     bad = run_cli("cache", "bench", str(out), "--batch-size", "0")
     assert bad.returncode == 1 and "--batch-size must be positive" in bad.stderr

@@ -117,8 +117,8 @@ def test_two_streaming_ranks_read_disjoint_shards_that_cover_the_cache(cache):
     reads, seen, steps = {0: [], 1: []}, {0: [], 1: []}, set()
     for rank in (0, 1):
         data = StreamingLatents(str(cache), 8, seed=2, rank=rank, world=2, buffer_shards=2)
-        real = data._shard
-        data._shard = lambda name, real=real, rank=rank: reads[rank].append(name) or real(name)
+        real = data.cache.read
+        data.cache.read = lambda name, *a, real=real, rank=rank: reads[rank].append(name) or real(name, *a)
         for x, y in data.batches(0):
             assert x.shape[0] == 4  # each rank's half of the global batch of 8
             seen[rank].append(x)

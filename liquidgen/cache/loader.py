@@ -63,8 +63,15 @@ class _Base:
         flp = self.space.stored_tensor(data.flipped) if data.flipped is not None else None
         return self.space.stored_tensor(data.latents), flp, torch.from_numpy(data.labels.astype(np.int64))
 
-    def _finish(self, lat: torch.Tensor, flp: torch.Tensor | None, labels: torch.Tensor, gen: torch.Generator):
-        return self.space.to_model(lat, flp, gen), labels.to(self.device, non_blocking=True)
+    def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(normalized latents, labels) on the training device: the host gathers a batch at its
+        stored size (`stored_batches`), the device widens, flips, samples and normalizes it."""
+        for lat, flp, labels, gen in self.stored_batches(epoch, skip):
+            yield self.space.to_model(lat, flp, gen), labels.to(self.device, non_blocking=True)
+
+    def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
+        """(latents, flipped or None, labels, generator) at stored size, in the epoch's order."""
+        raise NotImplementedError
 
     def _batch_gen(self, epoch: int, batch: int) -> torch.Generator:
         """Per-batch randomness (flip choice, moment sampling): a function of its position only,
@@ -120,7 +127,7 @@ class InMemoryLatents(_Base):
         """A CPU buffer slice as the numpy array a shard is stored as (bf16 as its uint16 bits)."""
         return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
-    def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(self.count, generator=gen).to(self.device)  # one copy an epoch, not one a step
         for b in range(self.steps_per_epoch()):
@@ -129,7 +136,7 @@ class InMemoryLatents(_Base):
             if b < skip:  # resume: the same order, the batches already seen skipped
                 continue
             flp = self.flipped[idx] if self.flipped is not None else None
-            yield self._finish(self.latents[idx], flp, self.labels[idx], self._batch_gen(epoch, b))
+            yield self.latents[idx], flp, self.labels[idx], self._batch_gen(epoch, b)
 
 
 class StreamingLatents(_Base):
@@ -138,7 +145,8 @@ class StreamingLatents(_Base):
         self.buffer_shards = buffer_shards
         self.names = [s.name for s in self.manifest.shards if s.count]
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead")
-        self.ahead: dict[int, list[Future]] = {}  # epoch -> its first buffer, requested early
+        self.ahead: dict[int, _Buffer] = {}  # epoch -> its first buffer, requested early
+        self.counts = {s.name: s.count for s in self.manifest.shards}
         self.resident: list[tuple] | None = None  # the whole cache, when it is one buffer
         # Each rank reads its own shards: every world-th of the epoch's shard order, so an epoch
         # reads each shard once across all ranks. (With fewer shards than ranks, every rank reads
@@ -160,29 +168,43 @@ class StreamingLatents(_Base):
         counts = sorted(s.count for s in self.manifest.shards if s.count)
         return max(sum(counts[: len(counts) // self.world]) // self.local_batch, 1)
 
-    def _request(self, group: list[str]) -> list[Future]:
-        return [self.pool.submit(self._shard, name) for name in group]
+    def _request(self, group: list[str]) -> "_Buffer":
+        """Start reading a group of shards, in the background, straight into one block."""
+        return _Buffer(self, group, head=self.batch_size)
 
-    def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _read_into(self, name: str, lat: torch.Tensor, flp: torch.Tensor | None, lab: torch.Tensor) -> None:
+        if self.remote:
+            self.remote.ensure(name)
+        into = {"latents": InMemoryLatents._numpy(lat)}
+        if flp is not None:
+            into["flipped"] = InMemoryLatents._numpy(flp)
+        data = self.cache.read(name, self.backend, into)
+        if len(data.labels) != len(lab):
+            raise LiquidgenError(f"{self.location}: shard {name} holds {len(data.labels)} latents, its manifest says {len(lab)}")
+        lab.copy_(torch.from_numpy(data.labels.astype(np.int64)))
+        if self.remote:
+            self.remote.release(name)
+
+    def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
         gen, groups = self._groups(epoch)
         if len(self.names) <= self.buffer_shards and self.resident is None:  # the whole cache is one buffer: read once
-            self.resident = [f.result() for f in self.ahead.pop(epoch, None) or self._request(self.names)]
+            self.resident = [f.result() for f in [self.pool.submit(self._shard, n) for n in self.names]]
         carry: list[tuple] = []
         made = 0
-        pending = self.ahead.pop(epoch, None) or (self._request(groups[0]) if self.resident is None else [])
+        pending = self.ahead.pop(epoch, None) or (self._request(groups[0]) if self.resident is None else None)
         for i, group in enumerate(groups):
             if self.resident is not None:  # the same shards each epoch, in the epoch's order
                 by_name = dict(zip(self.names, self.resident))
                 parts = carry + [by_name[n] for n in group]
+                lat = torch.cat([p[0] for p in parts])
+                flp = torch.cat([p[1] for p in parts]) if self.flip else None
+                lab = torch.cat([p[2] for p in parts])
             else:
-                parts = carry + [f.result() for f in pending]
+                lat, flp, lab = pending.wait(carry[0] if carry else None)
                 # read the next buffer (the next epoch's first) while this one is trained on
-                pending = self._request(groups[i + 1]) if i + 1 < len(groups) else []
+                pending = self._request(groups[i + 1]) if i + 1 < len(groups) else None
                 if i + 1 == len(groups):
                     self.ahead[epoch + 1] = self._request(self._groups(epoch + 1)[1][0])
-            lat = torch.cat([p[0] for p in parts])
-            flp = torch.cat([p[1] for p in parts]) if self.flip else None
-            lab = torch.cat([p[2] for p in parts])
             order = torch.randperm(len(lat), generator=gen)
             size = self.local_batch if self.partitioned else self.batch_size
             full = len(lat) // size
@@ -195,9 +217,42 @@ class StreamingLatents(_Base):
                 made += 1
                 if made <= skip:
                     continue
-                yield self._finish(lat[idx], flp[idx] if flp is not None else None, lab[idx], self._batch_gen(epoch, made))
+                yield lat[idx], flp[idx] if flp is not None else None, lab[idx], self._batch_gen(epoch, made)
             rest = order[full * size :]
             carry = [(lat[rest], flp[rest] if flp is not None else None, lab[rest])]
+
+
+class _Buffer:
+    """A group of shards read in the background straight into one preallocated block (no
+    concatenation), with `head` rows free in front for what the previous group left over."""
+
+    def __init__(self, loader: StreamingLatents, group: list[str], head: int):
+        counts = [loader.counts[name] for name in group]
+        shape, dtype = (head + sum(counts), *loader.manifest.storage.latent_shape), TORCH_STORED[loader.space.dtype]
+        self.head = head
+        self.lat = torch.empty(shape, dtype=dtype)
+        self.flp = torch.empty(shape, dtype=dtype) if loader.flip else None
+        self.lab = torch.empty(shape[0], dtype=torch.int64)
+        self.futures: list[Future] = []
+        at = head
+        for name, n in zip(group, counts):
+            flp = self.flp[at : at + n] if self.flp is not None else None
+            self.futures.append(loader.pool.submit(loader._read_into, name, self.lat[at : at + n], flp, self.lab[at : at + n]))
+            at += n
+
+    def wait(self, carry: tuple | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The block once every shard is in, with `carry` (fewer than `head` rows) placed just
+        before it."""
+        for future in self.futures:
+            future.result()
+        k = len(carry[0]) if carry else 0
+        start = self.head - k
+        if k:
+            self.lat[start : self.head].copy_(carry[0])
+            if self.flp is not None:
+                self.flp[start : self.head].copy_(carry[1])
+            self.lab[start : self.head].copy_(carry[2])
+        return self.lat[start:], self.flp[start:] if self.flp is not None else None, self.lab[start:]
 
 
 def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, keep_shards: bool = True,
