@@ -94,6 +94,8 @@ def train(
     memory_limit_gb: float = typer.Option(4.0, help="Caches bigger than this (at their stored size) are streamed shard by shard; smaller ones are held whole on the training device."),
     keep_shards: bool = typer.Option(True, "--keep-shards/--no-keep-shards",
                                      help="A remote cache's shards stay on disk after they are read ($LIQUIDGEN_HOME/caches)."),
+    cache_limit_gb: Optional[float] = typer.Option(None, help="At most this many GB of a remote cache's shards kept on disk; "
+                                                   "the least recently used are deleted first (default: no limit)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     device: str = typer.Option("auto", help="auto or cpu."),
 ) -> None:
@@ -105,7 +107,8 @@ def train(
         resume=resume, cfc=cfc, relax=relax, global_path=global_path,
         kernels=tuple(int(k) for k in kernels.split(",")) if kernels else None, grid=grid, head=head, ema=ema,
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
-        seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, compile=compile, device=device,
+        seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
+        compile=compile, device=device,
     )
     result = run(cfg)
     console.print(f"{out}: step {result.step} in {result.seconds:.0f}s; checkpoints in {out}/checkpoints, "

@@ -10,6 +10,7 @@ import json
 import shutil
 import tarfile
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -241,3 +242,66 @@ def test_hf_urls_take_the_same_fsspec_path_through_huggingface_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LiquidgenError, match="hf://datasets/me/paintings-flux-256"):
         read_remote_manifest("hf://datasets/me/paintings-flux-256")
+
+
+class _Flaky(http.server.SimpleHTTPRequestHandler):
+    """Sends every file in 4 KB pieces with a pause between them, and drops the connection
+    half-way through the first request for each shard file."""
+
+    dropped: set = set()
+
+    def log_message(self, *args):
+        pass
+
+    def copyfile(self, source, outputfile):
+        data = source.read()
+        drop = "/shards/" in self.path and self.path not in _Flaky.dropped
+        if drop:
+            _Flaky.dropped.add(self.path)
+        end = len(data) // 2 if drop else len(data)
+        for at in range(0, end, 4096):
+            outputfile.write(data[at : min(at + 4096, end)])
+            outputfile.flush()
+            time.sleep(0.0005)
+        if drop:
+            self.close_connection = True
+
+
+@pytest.fixture
+def flaky_server(tmp_path):
+    root = tmp_path / "flaky"
+    root.mkdir()
+    _Flaky.dropped = set()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Flaky, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_server_that_trickles_and_drops_connections_still_serves_the_cache(cache, tmp_path, flaky_server):
+    root, base = flaky_server
+    push(str(cache), f"file://{root / 'c'}", progress=False)
+    pull(f"{base}/c", str(tmp_path / "copy"), progress=False)
+    assert verify_cache(tmp_path / "copy")[1] == []
+    files = sum(len(s.files) or 1 for s in CacheDir(cache).manifest().shards)
+    assert len(_Flaky.dropped) == files  # every shard file was cut off once, then fetched again
+    _, local, keys, _ = read_all(cache)
+    _, fetched, keys2, _ = read_all(tmp_path / "copy")
+    assert keys == keys2 and np.array_equal(local, fetched)
+
+
+def test_the_local_shard_cache_of_a_url_never_exceeds_its_limit(cache, tmp_path, http_server):
+    root, base = http_server
+    push(str(cache), f"file://{root / 'c'}", progress=False)
+    sizes = [s.bytes for s in CacheDir(cache).manifest().shards]
+    limit = 2.5 * max(sizes)
+    remote = RemoteShards(f"{base}/c", folder=tmp_path / "local", limit_gb=limit / 2**30)
+    data = StreamingLatents(f"{base}/c", 4, remote=remote, buffer_shards=1)
+    peaks = []
+    real = remote.ensure
+    remote.ensure = lambda name: real(name) or peaks.append(remote.on_disk())
+    for epoch in range(2):
+        assert len(list(data.batches(epoch))) == data.steps_per_epoch()
+    data.pool.shutdown(wait=True)
+    assert len(peaks) >= 2 * len(sizes) - 1 and max(peaks) <= limit, (peaks, limit)
+    assert not (tmp_path / "local" / "manifest.json").exists()  # never a complete local cache under a limit

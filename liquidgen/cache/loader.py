@@ -256,11 +256,13 @@ class _Buffer:
 
 
 def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, keep_shards: bool = True,
-                 **kwargs) -> _Base:
+                 cache_limit_gb: float | None = None, **kwargs) -> _Base:
     """In memory when the cache's stored size fits `memory_limit_gb`, else streamed; a URL
     (any fsspec location) is streamed, its shards fetched and verified as they are needed."""
     if "://" in root:
-        remote = RemoteShards(root, keep=keep_shards)
+        if cache_limit_gb is not None and cache_limit_gb <= 0:
+            raise LiquidgenError("--cache-limit-gb must be positive")
+        remote = RemoteShards(root, keep=keep_shards, limit_gb=cache_limit_gb)
         return StreamingLatents(root, batch_size, remote=remote, **kwargs)
     manifest = require_complete(root)
     shape = manifest.storage.latent_shape

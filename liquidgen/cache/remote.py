@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,9 +141,16 @@ def read_remote_manifest(url: str) -> Manifest:
     return manifest
 
 
-def fetch_shard(url: str, shard: Shard, cache: CacheDir, on_bytes=lambda n: None) -> bool:
+class _Transient(Exception):
+    """A download that ended early or failed on the way: worth another try."""
+
+
+def fetch_shard(url: str, shard: Shard, cache: CacheDir, on_bytes=lambda n: None, attempts: int = 5) -> bool:
     """Download one shard of the cache at `url` into `cache`, keeping it only if its size and
-    sha256 match the manifest entry. False when a matching copy was already there."""
+    sha256 match the manifest entry. False when a matching copy was already there. Each file
+    whose connection drops or whose body comes short is fetched again, up to `attempts` times
+    with exponential backoff (0.25 s, 0.5 s, ...); a complete shard with the wrong checksum is
+    refused at once."""
     fs, root = _fs(url)
     final = cache.shard_path(shard.name)
     if final.exists() and shard_digest(final) == (shard.sha256, shard.bytes):
@@ -154,27 +163,47 @@ def fetch_shard(url: str, shard: Shard, cache: CacheDir, on_bytes=lambda n: None
             src = _join(root, "shards", shard.name, rel) if rel else _join(root, "shards", shard.name)
             dst = tmp / rel if rel else tmp
             dst.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open(src, "rb", **_open_kwargs(fs)) as fin, open(dst, "wb") as fout:
-                while chunk := fin.read(1 << 20):
-                    got += len(chunk)
-                    if got > shard.bytes:  # never store more than the manifest promised
-                        raise LiquidgenError(f"shard {shard.name} is larger than its manifest entry: refusing it")
-                    fout.write(chunk)
-                    on_bytes(len(chunk))
+            for attempt in range(attempts):
+                try:
+                    got += _download(fs, src, dst, shard.bytes - got, shard.name, on_bytes)
+                    break
+                except _Transient as exc:
+                    if attempt + 1 == attempts:
+                        raise LiquidgenError(f"cannot fetch shard {shard.name} from {url} after {attempts} tries "
+                                             f"({exc}); rerun to resume") from None
+                    time.sleep(0.25 * 2**attempt)
         if shard_digest(tmp) != (shard.sha256, shard.bytes):
             raise LiquidgenError(f"shard {shard.name} from {url} does not match its sha256: refusing it")
         if final.is_dir():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except LiquidgenError:
-        raise
-    except Exception as exc:  # any backend's network or file error: the shard is simply not here yet
-        raise LiquidgenError(f"cannot fetch shard {shard.name} from {url} ({exc.__class__.__name__}: "
-                             f"{str(exc)[:120]}); rerun to resume") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     return True
+
+
+def _download(fs, src: str, dst: Path, budget: int, name: str, on_bytes) -> int:
+    """One file, read to its end (never more than `budget` bytes: what the manifest promised)."""
+    got = 0
+    try:
+        with fs.open(src, "rb", **_open_kwargs(fs)) as fin, open(dst, "wb") as fout:
+            expected = getattr(fin, "size", None)
+            while chunk := fin.read(1 << 20):
+                got += len(chunk)
+                if got > budget:
+                    raise LiquidgenError(f"shard {name} is larger than its manifest entry: refusing it")
+                fout.write(chunk)
+                on_bytes(len(chunk))
+    except LiquidgenError:
+        raise
+    except Exception as exc:  # any backend's network or file error: this file is simply not here yet
+        on_bytes(-got)
+        raise _Transient(f"{exc.__class__.__name__}: {str(exc)[:120]}") from None
+    if isinstance(expected, int) and got < expected:
+        on_bytes(-got)
+        raise _Transient(f"{got} of {expected} bytes of {src.rsplit('/', 1)[-1]} arrived")
+    return got
 
 
 def _open_local(url: str, cache_dir: str | Path, manifest: Manifest) -> CacheDir:
@@ -214,25 +243,63 @@ class RemoteShards:
     and once all are there the folder is a complete local cache); without, each is deleted as
     soon as it has been read."""
 
-    def __init__(self, url: str, folder: str | Path | None = None, keep: bool = True):
+    def __init__(self, url: str, folder: str | Path | None = None, keep: bool = True, limit_gb: float | None = None):
         self.url, self.keep = url, keep
+        self.limit = None if limit_gb is None else int(limit_gb * 2**30)
         self.manifest = read_remote_manifest(url)
         self.cache = _open_local(url, folder or home_folder(url), self.manifest)
         self.entries = {s.name: s for s in self.manifest.shards}
         self.ready: set[str] = set()  # verified by this process
+        self.kept: OrderedDict[str, int] = OrderedDict()  # on disk, least recently used first
+        self.busy: Counter[str] = Counter()  # being read now: never evicted
+        self.reserved = 0  # bytes of downloads in flight
         self._lock = threading.Lock()
 
     def ensure(self, name: str) -> None:
-        if name in self.ready and self.cache.shard_path(name).exists():
-            return
-        fetch_shard(self.url, self.entries[name], self.cache)
+        """The shard is on disk and verified, and stays until `release`."""
+        size = self.entries[name].bytes
         with self._lock:
+            self.busy[name] += 1
+            if name in self.ready and self.cache.shard_path(name).exists():
+                self.kept.move_to_end(name)
+                return
+            if self.limit is not None:
+                self._make_room(size)
+            self.reserved += size
+        try:
+            fetch_shard(self.url, self.entries[name], self.cache)
+        except BaseException:
+            with self._lock:
+                self.reserved -= size
+                self.busy[name] -= 1
+            raise
+        with self._lock:
+            self.reserved -= size
             self.ready.add(name)
-            if self.keep and len(self.ready) == len(self.entries) and not self.cache.exists():
+            self.kept[name] = size
+            if self.keep and self.limit is None and len(self.ready) == len(self.entries) and not self.cache.exists():
                 self.cache.write_manifest(self.manifest)  # every shard is here now
 
+    def _make_room(self, size: int) -> None:
+        """Evict least recently used shards (none being read) until this one fits the limit."""
+        for victim in list(self.kept):
+            if sum(self.kept.values()) + self.reserved + size <= self.limit:
+                return
+            if self.busy[victim] == 0:
+                self._delete(victim)
+
+    def _delete(self, name: str) -> None:
+        path = self.cache.shard_path(name)
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        self.ready.discard(name)
+        self.kept.pop(name, None)
+
+    def on_disk(self) -> int:
+        """Bytes of this cache's shards on disk now."""
+        return sum(f.stat().st_size for f in self.cache.shards_dir.rglob("*") if f.is_file())
+
     def release(self, name: str) -> None:
-        if not self.keep:
-            path = self.cache.shard_path(name)
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            self.ready.discard(name)
+        with self._lock:
+            self.busy[name] -= 1
+            if not self.keep and self.busy[name] == 0:
+                self._delete(name)

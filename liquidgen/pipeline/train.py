@@ -57,6 +57,7 @@ class TrainConfig:
     resume: bool = False
     memory_limit_gb: float = 4.0  # caches larger than this (at their stored size) are streamed
     keep_shards: bool = True  # a remote cache's fetched shards stay under $LIQUIDGEN_HOME/caches
+    cache_limit_gb: float | None = None  # ... at most this many GB of them (least recently used evicted)
     compile: bool = False
     device: str = "auto"
     progress: bool = True
@@ -131,7 +132,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     run = Path(cfg.out)
 
-    data = open_latents(cfg.cache, cfg.batch_size, cfg.memory_limit_gb, keep_shards=cfg.keep_shards, seed=cfg.seed,
+    data = open_latents(cfg.cache, cfg.batch_size, cfg.memory_limit_gb, keep_shards=cfg.keep_shards,
+                        cache_limit_gb=cfg.cache_limit_gb, seed=cfg.seed,
                         rank=rank, world=world, device=device if cuda else "cpu")
     try:
         spec = model_spec(cfg.model, data.shape[0], data.num_classes, data.shape[-1], cfc=cfg.cfc,
