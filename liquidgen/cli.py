@@ -265,14 +265,15 @@ def cache_bench(
     cache: Path = typer.Argument(..., help="Cache folder."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Batch size to load at."),
     device: str = typer.Option("cpu", help="Where batches go: cpu, cuda, ... (the resident cache is held there)."),
+    rounds: int = typer.Option(1, help="Rounds of (sequential read, resident, streaming) taken in turn; medians reported."),
 ) -> None:
     """Will this cache keep a GPU fed? Loader latents/s and MB/s beside this machine's sequential
     read of the same files, seconds to the first batch and peak memory, resident and streaming."""
     from liquidgen.cache.bench import bench_cache
 
-    if batch_size < 1:
-        raise LiquidgenError("--batch-size must be positive")
-    r = bench_cache(str(cache), batch_size, device)
+    if batch_size < 1 or rounds < 1:
+        raise LiquidgenError("--batch-size and --rounds must be positive")
+    r = bench_cache(str(cache), batch_size, device, rounds)
     seq = r["sequential"]
     table = Table(title=f"{cache}: {r['latents']:,} latents, {_human(r['stored_bytes'])} stored, batch {batch_size}")
     for col in ("", "latents/s", "MB/s", "÷ sequential read", "first batch", "peak RSS / stored", "normalized here, latents/s"):

@@ -9,6 +9,7 @@ stored bytes: 1.0 means the cache is held once, at its stored size.
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -73,29 +74,25 @@ def _loader(make) -> tuple:
 
 
 def gather_baseline(data: InMemoryLatents) -> dict:
-    """The same epoch as a plain gather from the in-memory array (no flips, moments or
-    normalization): the most any resident loader can do."""
+    """The same epoch as a plain gather from the in-memory array at its stored size (what the
+    resident loader hands the device, without its flips and labels): the most it can do."""
     order = torch.randperm(data.count, generator=torch.Generator().manual_seed(0)).to(data.device)
     start, n = time.perf_counter(), 0
     for b in range(data.steps_per_epoch()):
-        x = data.latents[order[b * data.batch_size : (b + 1) * data.batch_size]].float()
+        x = data.latents[order[b * data.batch_size : (b + 1) * data.batch_size]]
         n += len(x)
     return {"latents": n, "seconds": time.perf_counter() - start}
 
 
-def bench_cache(root: str, batch_size: int = 256, device: str | torch.device = "cpu") -> dict:
-    manifest = require_complete(root)
+def _round(root: str, batch_size: int, device, manifest) -> dict:
     stored = manifest.nbytes
     seconds, nbytes = sequential_read(root)
-    out: dict = {"cache": str(root), "latents": manifest.count, "stored_bytes": stored,
-                 "sequential": {"seconds": seconds, "bytes": nbytes, "latents_per_s": manifest.count / seconds}}
-
+    out: dict = {"sequential": {"seconds": seconds, "bytes": nbytes, "latents_per_s": manifest.count / seconds}}
     base = _reset_peak()
     resident, out["resident"] = _loader(lambda: InMemoryLatents(root, batch_size, device=device))
     out["resident"]["peak_rss_over_stored"] = (_status("VmHWM") - base) / stored
     out["gather"] = gather_baseline(resident)
     del resident
-
     base = _reset_peak()
     streaming, out["streaming"] = _loader(lambda: StreamingLatents(root, batch_size, device=device))
     out["streaming"]["peak_rss_over_stored"] = (_status("VmHWM") - base) / stored
@@ -104,4 +101,16 @@ def bench_cache(root: str, batch_size: int = 256, device: str | torch.device = "
         r = out[name]
         r["latents_per_s"] = r["latents"] / r["seconds"]
         r["mb_per_s"] = r["latents_per_s"] * stored / manifest.count / 1e6
+    return out
+
+
+def bench_cache(root: str, batch_size: int = 256, device: str | torch.device = "cpu", rounds: int = 1) -> dict:
+    """`rounds` rounds of (sequential read, resident, streaming) taken in turn; each figure is the
+    median over the rounds, so a noisy moment moves one round, not a ratio."""
+    manifest = require_complete(root)
+    runs = [_round(root, batch_size, device, manifest) for _ in range(rounds)]
+    out: dict = {"cache": str(root), "latents": manifest.count, "stored_bytes": manifest.nbytes, "rounds": rounds}
+    for part in runs[0]:
+        out[part] = {k: statistics.median(r[part][k] for r in runs) if isinstance(v, (int, float)) else v
+                     for k, v in runs[0][part].items()}
     return out
