@@ -19,10 +19,7 @@ def write_zarr_v1(path: Path, data: ShardData) -> None:
 
     group = zarr.open_group(zarr.storage.LocalStore(str(path)), mode="w", zarr_format=3)
     group.attrs["keys"] = list(data.keys)
-    arrays = {"latents": data.latents, "labels": data.labels, "indices": data.indices}
-    if data.flipped is not None:
-        arrays["flipped"] = data.flipped
-    for name, arr in arrays.items():
+    for name, arr in data.arrays().items():
         n = max(len(arr), 1)
         group.create_array(
             name, shape=arr.shape, dtype=arr.dtype, chunks=(1,) + arr.shape[1:] if arr.ndim > 1 else (n,),

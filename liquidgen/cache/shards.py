@@ -43,6 +43,13 @@ class ShardData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The shard's arrays by their stored names (`flipped` only where there is one)."""
+        out = {"latents": self.latents, "labels": self.labels, "indices": self.indices}
+        if self.flipped is not None:
+            out["flipped"] = self.flipped
+        return out
+
 
 # -- dtype conversion --------------------------------------------------------------------------
 
@@ -138,15 +145,12 @@ def _remove(path: Path) -> None:
 
 def _write_zarr(path: Path, data: ShardData) -> None:
     """One chunk per array, no codec: a shard is read whole, and fp16 latents do not compress
-    (Blosc-zstd saved 7% and cost 30x the read time; docs/benchmarks.md, shard layouts)."""
+    (Blosc-zstd saved 7% and cost over 100x the read time; docs/benchmarks.md, shard layouts)."""
     import zarr
 
     group = zarr.open_group(zarr.storage.LocalStore(str(path)), mode="w", zarr_format=3)
     group.attrs["keys"] = list(data.keys)
-    arrays = {"latents": data.latents, "labels": data.labels, "indices": data.indices}
-    if data.flipped is not None:
-        arrays["flipped"] = data.flipped
-    for name, arr in arrays.items():
+    for name, arr in data.arrays().items():
         chunks = (max(len(arr), 1),) + arr.shape[1:]
         group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks, compressors=None)[...] = arr
 
