@@ -68,9 +68,23 @@ def encode(
         )
 
 
+def _weights(mix: str | None, caches: int) -> list[float] | None:
+    if mix is None:
+        return None
+    try:
+        weights = [float(w) for w in mix.split(",")]
+    except ValueError:
+        raise LiquidgenError(f"--mix {mix!r} is not a comma-separated list of numbers") from None
+    if len(weights) != caches or not all(w > 0 for w in weights):
+        raise LiquidgenError(f"--mix needs {caches} positive weights, one per --cache; got {mix!r}")
+    return weights
+
+
 @app.command()
 def train(
-    cache: str = typer.Option(..., "--cache", "-c", help="Latent cache folder, or a shared cache URL (streamed: shards fetched and sha256-checked as training reaches them)."),
+    cache: list[str] = typer.Option(..., "--cache", "-c", help="Latent cache folder, or a shared cache URL (streamed: shards fetched and sha256-checked as training reaches them). "
+                                    "Give it several times to mix caches of one latent space (see --mix)."),
+    mix: Optional[str] = typer.Option(None, help="Weights of several --cache, e.g. 0.7,0.3: each step's batch comes from one cache with these probabilities (default: equal)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
     model: str = typer.Option("small", "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); or a diffusers "
                               "baseline to compare with: dit-tiny, dit-small, unet-tiny, unet-small."),
@@ -103,7 +117,8 @@ def train(
     from liquidgen.pipeline.train import TrainConfig, train as run
 
     cfg = TrainConfig(
-        cache=cache, out=str(out), model=model, batch_size=batch_size, steps=steps, lr=lr, warmup=warmup,
+        cache=cache[0] if len(cache) == 1 else list(cache), mix=_weights(mix, len(cache)),
+        out=str(out), model=model, batch_size=batch_size, steps=steps, lr=lr, warmup=warmup,
         resume=resume, cfc=cfc, relax=relax, global_path=global_path,
         kernels=tuple(int(k) for k in kernels.split(",")) if kernels else None, grid=grid, head=head, ema=ema,
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,

@@ -82,3 +82,14 @@ def test_cache_bench_says_whether_the_loader_keeps_up(paintings12, tmp_path):
         assert row in done.stdout, done.stdout
     bad = run_cli("cache", "bench", str(out), "--batch-size", "0")
     assert bad.returncode == 1 and "must be positive" in bad.stderr
+
+
+def test_train_mixes_several_caches_and_refuses_bad_weights(paintings12, tmp_path):
+    out = tmp_path / "cache"
+    assert run_cli("encode", str(paintings12), "--out", str(out), "--vae", str(TAEF2), "-r", "64").returncode == 0
+    for mix, message in (("1", "needs 2 positive weights"), ("a,b", "not a comma-separated list"), ("1,-1", "needs 2 positive")):
+        bad = run_cli("train", "--cache", str(out), "--cache", str(out), "--mix", mix, "--out", str(tmp_path / "r"))
+        assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    ok = run_cli("train", "--cache", str(out), "--cache", str(out), "--mix", "0.5,0.5", "--out", str(tmp_path / "r"),
+                 "--model", "nano", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--preview-every", "0")
+    assert ok.returncode == 0, ok.stderr

@@ -15,6 +15,7 @@ from conftest import TAEF2
 from liquidgen.cache.loader import InMemoryLatents, StreamingLatents, open_latents
 from liquidgen.cache.shards import read_shard, shard_digest
 from liquidgen.cache.store import CacheDir
+from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.encode import EncodeConfig, encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -145,3 +146,34 @@ def test_the_resident_buffer_is_read_into_bit_for_bit(paintings12, tmp_path, dty
     cache = CacheDir(out)
     stored = np.concatenate([read_shard(cache.shard_path(s.name), fmt).latents for s in cache.manifest().shards])
     assert np.array_equal(data._numpy(data.latents), stored) and len(stored) == 12
+
+
+def test_mixed_caches_give_batches_in_proportion_to_their_weights(paintings40, tmp_path):
+    from liquidgen.cache.loader import MixedLatents
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, limit in ((a, 24), (b, 16)):
+        encode(EncodeConfig(str(paintings40), str(out), vae=str(TAEF2), resolution=64, shard_size=8, workers=0,
+                            progress=False, limit=limit))
+    data = open_latents([str(a), str(b)], 4, mix=[0.8, 0.2], seed=1)
+    assert isinstance(data, MixedLatents) and data.count == 40
+    picks = data.choices(2000)
+    share = (picks == 0).float().mean().item()
+    assert abs(share - 0.8) < 4 * (0.8 * 0.2 / 2000) ** 0.5  # within 4 standard errors
+    # the batches come from the chosen cache; an epoch and a resumed part of it agree
+    epoch = list(data.batches(1))
+    assert len(epoch) == data.steps_per_epoch() == 6 + 4
+    again = list(data.batches(1, skip=3))
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(epoch[3:], again, strict=True))
+    # one latent space: both normalized by the pooled statistics
+    assert torch.equal(data.loaders[0].space.mean, data.loaders[1].space.mean)
+
+
+def test_caches_of_different_latent_spaces_are_refused_naming_the_field(paintings40, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    encode(EncodeConfig(str(paintings40), str(a), vae=str(TAEF2), resolution=64, workers=0, progress=False, limit=8))
+    encode(EncodeConfig(str(paintings40), str(b), vae=str(TAEF2), resolution=128, workers=0, progress=False, limit=8))
+    with pytest.raises(LiquidgenError, match="differ in storage.latent_shape"):
+        open_latents([str(a), str(b)], 4)
+    with pytest.raises(LiquidgenError, match="one positive weight per --cache"):
+        open_latents([str(a), str(a)], 4, mix=[1.0])

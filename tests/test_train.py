@@ -4,6 +4,7 @@ loop, and bad situations stop with one clear line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -151,3 +152,20 @@ def test_liquid_options_are_refused_for_a_baseline(cache40, tmp_path):
         train(tcfg(cache40, tmp_path / "run", model="dit-tiny", cfc="static"))
     with pytest.raises(LiquidgenError, match="unknown --model 'dit-huge'.*dit-tiny"):
         train(tcfg(cache40, tmp_path / "run", model="dit-huge"))
+
+
+def test_two_caches_mixed_train_and_resume_exactly(cache40, tmp_path, paintings40):
+    other = tmp_path / "other"
+    encode(EncodeConfig(str(paintings40), str(other), vae=str(TAEF2), resolution=64, shard_size=8, workers=0,
+                        progress=False, limit=16))
+    both = [str(cache40), str(other)]
+
+    def mixed(out, **kw) -> TrainConfig:
+        return dataclasses.replace(tcfg(cache40, out, **kw), cache=both, mix=[0.7, 0.3])
+
+    whole = train(mixed(tmp_path / "whole"))
+    train(mixed(tmp_path / "parts", steps=12))
+    resumed = train(mixed(tmp_path / "parts", resume=True))
+    assert resumed.losses == whole.losses[12:] and np.isfinite(whole.losses).all()
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert config["train"]["cache"] == both and config["cache"]["count"] == 40 + 16

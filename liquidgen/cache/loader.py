@@ -18,6 +18,7 @@ only on (seed, epoch, rank), which makes a resumed run see exactly the batches i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
@@ -27,6 +28,7 @@ import torch
 
 from liquidgen.cache.remote import RemoteShards
 from liquidgen.cache.latents import TORCH_STORED, LatentSpace
+from liquidgen.cache.manifest import merge_stats
 from liquidgen.cache.store import CacheDir, require_complete
 from liquidgen.errors import LiquidgenError
 
@@ -255,10 +257,86 @@ class _Buffer:
         return self.lat[start:], self.flp[start:] if self.flp is not None else None, self.lab[start:]
 
 
-def open_latents(root: str, batch_size: int, memory_limit_gb: float = 4.0, keep_shards: bool = True,
-                 cache_limit_gb: float | None = None, **kwargs) -> _Base:
+class MixedLatents:
+    """Several caches in one run, mixed by weight (as MosaicML's Streams are): each step's batch
+    comes from one cache, drawn with probability `weights`, from a generator seeded by the step,
+    so a resumed run replays the same choices. The caches must share one latent space (VAE,
+    latent shape, what is stored, labels); they are normalized by their pooled statistics."""
+
+    def __init__(self, loaders: list[_Base], weights: list[float], seed: int = 0):
+        if len(weights) != len(loaders) or any(not w > 0 for w in weights):
+            raise LiquidgenError(f"--mix needs one positive weight per --cache ({len(loaders)}), got {weights}")
+        first = loaders[0].manifest
+        for data in loaders[1:]:
+            m = data.manifest
+            fields = {"vae.id": (first.vae.get("id"), m.vae.get("id")), "vae.class": (first.vae.get("class"), m.vae.get("class")),
+                      "vae.scaling_factor": (first.vae.get("scaling_factor"), m.vae.get("scaling_factor")),
+                      "vae.shift_factor": (first.vae.get("shift_factor"), m.vae.get("shift_factor")),
+                      "storage.latent_shape": (first.storage.latent_shape, m.storage.latent_shape),
+                      "storage.stored": (first.storage.stored, m.storage.stored), "label_names": (first.label_names, m.label_names)}
+            for name, (a, b) in fields.items():
+                if a != b:
+                    raise LiquidgenError(f"{data.location} and {loaders[0].location} differ in {name} ({b!r} vs {a!r}): "
+                                         "they cannot be mixed in one run")
+        self.loaders, self.seed = loaders, seed
+        self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+        pooled = merge_stats([d.manifest.stats for d in loaders])
+        self.manifest = dataclasses.replace(first, stats=pooled, count=sum(d.count for d in loaders),
+                                            sources=[src for d in loaders for src in d.manifest.sources], shards=[], skipped=[])
+        for data in loaders:  # one latent space for all: the pooled per-channel statistics
+            st = data.manifest.storage
+            data.space = LatentSpace(pooled["mean"][: data.space.channels], pooled["std"][: data.space.channels], st.dtype,
+                                     st.quant, st.stored, st.flip == "both", data.device)
+        self.space = loaders[0].space
+        self.shape, self.count, self.num_classes = loaders[0].shape, self.manifest.count, loaders[0].num_classes
+        self.location = " + ".join(d.location for d in loaders)
+        self.batch_size = loaders[0].batch_size
+
+    def steps_per_epoch(self) -> int:
+        return sum(d.steps_per_epoch() for d in self.loaders)
+
+    def choices(self, steps: int) -> torch.Tensor:
+        """Which cache each of the first `steps` global steps draws from."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 17)
+        return torch.multinomial(self.weights, steps, replacement=True, generator=gen)
+
+    def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        spe = self.steps_per_epoch()
+        start, end = epoch * spe, (epoch + 1) * spe
+        picks = self.choices(end).tolist()
+        streams = []
+        for i, data in enumerate(self.loaders):  # where each cache's own order stands at this epoch's start
+            used = sum(1 for c in picks[:start] if c == i)
+            streams.append(self._stream(data, used))
+        for step in range(start, end):
+            batch = next(streams[picks[step]])
+            if step - start >= skip:
+                yield batch
+
+    @staticmethod
+    def _stream(data: _Base, used: int) -> Iterator:
+        """A cache's batches from its `used`-th on, through as many of its own epochs as needed."""
+        spe = data.steps_per_epoch()
+        epoch, skip = divmod(used, spe)
+        while True:
+            yield from data.batches(epoch, skip=skip)
+            epoch, skip = epoch + 1, 0
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return self.space.to_vae(z)
+
+
+def open_latents(root: str | list[str], batch_size: int, memory_limit_gb: float = 4.0, keep_shards: bool = True,
+                 cache_limit_gb: float | None = None, mix: list[float] | None = None, **kwargs):
     """In memory when the cache's stored size fits `memory_limit_gb`, else streamed; a URL
-    (any fsspec location) is streamed, its shards fetched and verified as they are needed."""
+    (any fsspec location) is streamed, its shards fetched and verified as they are needed;
+    several caches are mixed by the weights `mix` (equal by default)."""
+    if not isinstance(root, str):
+        if len(root) == 1:
+            root = root[0]
+        else:
+            loaders = [open_latents(r, batch_size, memory_limit_gb, keep_shards, cache_limit_gb, **kwargs) for r in root]
+            return MixedLatents(loaders, list(mix or [1.0] * len(root)), kwargs.get("seed", 0))
     if "://" in root:
         if cache_limit_gb is not None and cache_limit_gb <= 0:
             raise LiquidgenError("--cache-limit-gb must be positive")

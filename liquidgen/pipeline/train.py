@@ -30,7 +30,7 @@ from liquidgen.pipeline.sampler import sample_latents
 
 @dataclass
 class TrainConfig:
-    cache: str
+    cache: str | list[str]  # a cache folder or URL; several are mixed by `mix`
     out: str
     model: str = "small"  # a liquid size, or a diffusers baseline (dit-tiny, unet-small, ...)
     cfc: str | None = None  # override the size's CfC variant: paper | timegate | static
@@ -58,6 +58,7 @@ class TrainConfig:
     memory_limit_gb: float = 4.0  # caches larger than this (at their stored size) are streamed
     keep_shards: bool = True  # a remote cache's fetched shards stay under $LIQUIDGEN_HOME/caches
     cache_limit_gb: float | None = None  # ... at most this many GB of them (least recently used evicted)
+    mix: list[float] | None = None  # weights of several caches (default: equal)
     compile: bool = False
     device: str = "auto"
     progress: bool = True
@@ -133,7 +134,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     run = Path(cfg.out)
 
     data = open_latents(cfg.cache, cfg.batch_size, cfg.memory_limit_gb, keep_shards=cfg.keep_shards,
-                        cache_limit_gb=cfg.cache_limit_gb, seed=cfg.seed,
+                        cache_limit_gb=cfg.cache_limit_gb, mix=cfg.mix, seed=cfg.seed,
                         rank=rank, world=world, device=device if cuda else "cpu")
     try:
         spec = model_spec(cfg.model, data.shape[0], data.num_classes, data.shape[-1], cfc=cfg.cfc,
