@@ -169,3 +169,21 @@ def test_two_caches_mixed_train_and_resume_exactly(cache40, tmp_path, paintings4
     assert resumed.losses == whole.losses[12:] and np.isfinite(whole.losses).all()
     config = json.loads((tmp_path / "whole" / "config.json").read_text())
     assert config["train"]["cache"] == both and config["cache"]["count"] == 40 + 16
+
+
+def test_a_second_train_into_a_live_run_folder_is_refused(cache40, tmp_path):
+    import os
+    import socket
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    with pytest.raises(LiquidgenError, match="is being written by pid"):
+        train(tcfg(cache40, run))
+    assert not (run / "checkpoints").exists()
+    (run / ".lock").write_text(json.dumps({"pid": 2**22 + 4321, "host": socket.gethostname()}))  # a killed run's
+    result = train(tcfg(cache40, run, steps=4, ckpt_every=4))
+    assert result.step == 4 and not (run / ".lock").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LiquidgenError, match="is a file, not a run folder"):
+        train(tcfg(cache40, tmp_path / "file"))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from liquidgen.backbone.models import MODELS, build_model, model_spec
 from liquidgen.backbone.unet import count_parameters
 from liquidgen.cache.loader import open_latents
+from liquidgen.cache.lock import CacheLock
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline import checkpoint as ckpt
 from liquidgen.pipeline.images import image_grid
@@ -123,6 +124,29 @@ def _check_resume(run: Path, config: dict) -> None:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    """Train into the run folder `cfg.out`, which one process tree writes at a time: a second
+    `train` into it is refused while the first lives (a killed one's lock is taken over)."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not (torch.cuda.is_available() and cfg.device != "cpu"))
+    lock = None
+    if state.is_main_process:
+        run = Path(cfg.out)
+        if run.exists() and not run.is_dir():
+            raise LiquidgenError(f"--out {run} is a file, not a run folder")
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LiquidgenError(f"cannot create {run}: {exc.strerror or exc}") from None
+        lock = CacheLock(run).acquire()
+    try:
+        return _train(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
