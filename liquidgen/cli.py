@@ -271,6 +271,7 @@ def cache_info(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
         mean, std = m.stats["mean"], m.stats["std"]
         table.add_row("channel mean", f"{min(mean):+.3f} .. {max(mean):+.3f} (avg {sum(mean) / len(mean):+.3f})")
         table.add_row("channel std", f"{min(std):.3f} .. {max(std):.3f} (avg {sum(std) / len(std):.3f})")
+    table.add_row("format", f"{m.format_version}" + ("" if m.format_version >= 2 else f" (reads slowly: `liquidgen cache upgrade {cache}`)"))
     table.add_row("created", f"{m.created} by liquidgen {m.liquidgen_version}")
     console.print(table)
 
@@ -302,6 +303,16 @@ def cache_bench(
     console.print(table)
     console.print("latents/s: batches gathered at their stored size, what the training device waits for; the device then "
                   f"widens and normalizes them (the last column does that here, on {device}).")
+
+
+@cache_app.command("upgrade")
+def cache_upgrade(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
+    """Rewrite a cache of an older format in this one, in place, keeping every latent bit for bit
+    (format 1 -> 2: shards read ~30-100x faster). Safe to interrupt: rerun to finish."""
+    from liquidgen.cache.builder import upgrade
+
+    n = upgrade(str(cache))
+    console.print(f"{cache}: {n} shards rewritten in format 2" if n else f"{cache}: already in the current format")
 
 
 @cache_app.command("verify")

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TAEF2
+from conftest import TAEF2, make_subset
 from liquidgen.cache.loader import InMemoryLatents, StreamingLatents, open_latents
-from liquidgen.cache.shards import read_shard, shard_digest
-from liquidgen.cache.store import CacheDir
+from liquidgen.cache.builder import upgrade
+from liquidgen.cache.shards import read_shard, shard_digest, shard_files
+from liquidgen.cache.store import CacheDir, verify_cache
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.encode import EncodeConfig, encode
 
@@ -90,27 +94,64 @@ def test_resident_and_streaming_give_the_same_latents_each_epoch(paintings40, tm
     assert torch.allclose(epoch(InMemoryLatents), epoch(StreamingLatents, buffer_shards=2), atol=1e-4)
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "wds"])
-def test_a_cache_of_format_1_still_reads_the_same_latents(paintings40, tmp_path, fmt):
-    new = tmp_path / "new"
-    encode(EncodeConfig(str(paintings40), str(new), vae=str(TAEF2), resolution=64, shard_size=16, format=fmt,
-                        workers=0, progress=False, limit=24))
-    old = tmp_path / "old"
+def format_1_copy(new, old, fmt: str) -> None:
+    """`new` copied to `old` with every shard rewritten the way format 1 laid shards out."""
     shutil.copytree(new, old)
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["format_version"] = 1
-    for shard in manifest["shards"]:  # rewritten the way format 1 laid shards out
+    for shard in manifest["shards"]:
         path = old / "shards" / shard["name"]
         data = read_shard(path, fmt)
         shutil.rmtree(path) if path.is_dir() else path.unlink()
         (write_zarr_v1 if fmt == "zarr" else write_tar_v1)(path, data)
         shard["sha256"], shard["bytes"] = shard_digest(path)
+        shard["files"] = shard_files(path)
     (old / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "wds"])
+def test_a_cache_of_format_1_still_reads_the_same_latents_and_upgrades_bit_for_bit(paintings40, tmp_path, fmt):
+    new, old = tmp_path / "new", tmp_path / "old"
+    encode(EncodeConfig(str(paintings40), str(new), vae=str(TAEF2), resolution=64, shard_size=16, format=fmt,
+                        workers=0, progress=False, limit=24))
+    format_1_copy(new, old, fmt)
     assert CacheDir(old).manifest().format_version == 1
     a, b = InMemoryLatents(str(new), 8), InMemoryLatents(str(old), 8)
     assert torch.equal(a.latents, b.latents) and torch.equal(a.labels, b.labels)
-    assert np.array_equal(read_shard(new / "shards" / manifest["shards"][0]["name"], fmt).keys,
-                          read_shard(old / "shards" / manifest["shards"][0]["name"], fmt).keys)
+    name = CacheDir(new).manifest().shards[0].name
+    assert read_shard(new / "shards" / name, fmt).keys == read_shard(old / "shards" / name, fmt).keys
+
+    assert upgrade(old, progress=False) == 2
+    assert CacheDir(old).manifest().format_version == 2 and verify_cache(old)[1] == []
+    c = InMemoryLatents(str(old), 8)
+    assert torch.equal(a.latents, c.latents) and torch.equal(a.labels, c.labels)
+    assert upgrade(old, progress=False) == 0  # already current
+    assert sorted(p.name for p in old.iterdir()) == ["manifest.json", "shards", "skipped.log"]
+
+
+def test_a_killed_upgrade_leaves_a_readable_cache_and_a_rerun_finishes_it(tmp_path):
+    new, old = tmp_path / "new", tmp_path / "old"
+    images = make_subset(tmp_path / "images", per_class=16)  # 80 one-latent shards: an upgrade of a few seconds
+    encode(EncodeConfig(str(images), str(new), vae=str(TAEF2), resolution=64, shard_size=1, workers=0, progress=False))
+    format_1_copy(new, old, "zarr")
+    want = InMemoryLatents(str(new), 8).latents
+    delay, kills, midway = 0.5, 0, 0
+    while CacheDir(old).manifest().format_version == 1 and kills < 14:
+        job = subprocess.Popen([sys.executable, "-m", "liquidgen", "cache", "upgrade", str(old)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+        kills += 1
+        midway += (old / "shards.upgrade").exists()  # the kill landed while shards were being rewritten
+        assert torch.equal(InMemoryLatents(str(old), 8).latents, want), f"unreadable after a kill at {delay:.2f} s"
+        delay *= 1.25
+    assert midway >= 1, f"no kill landed mid-upgrade in {kills} tries"
+    done = subprocess.run([sys.executable, "-m", "liquidgen", "cache", "upgrade", str(old)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert verify_cache(old)[1] == [] and CacheDir(old).manifest().format_version == 2
+    assert torch.equal(InMemoryLatents(str(old), 8).latents, want)
+    assert not (old / "shards.upgrade").exists() and not (old / "manifest.upgrade.json").exists()
 
 
 def test_two_streaming_ranks_read_disjoint_shards_that_cover_the_cache(cache):

@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -276,3 +277,78 @@ class CacheBuilder:
 
     def release(self) -> None:
         self.lock.release()
+
+
+# -- upgrading a cache in place ---------------------------------------------------------------------
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE), so a reader finds one
+    complete set of shards at every moment; where the kernel or filesystem cannot, two renames."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+            return
+    except (AttributeError, OSError):
+        pass
+    aside = a.with_name(a.name + ".swap")
+    os.replace(a, aside)
+    os.replace(b, a)
+    os.replace(aside, b)
+
+
+def upgrade(root, progress: bool = True) -> int:
+    """Rewrite a cache's format-1 shards in format 2, in place, keeping every latent bit for bit.
+    The new shards are written beside the old (`shards.upgrade/`), swapped in with one rename,
+    then the manifest is replaced: a reader finds a complete, readable cache at every moment, and
+    a killed upgrade finishes when run again. Returns the number of shards rewritten."""
+    from tqdm.auto import tqdm
+
+    from liquidgen.cache.shards import read_shard, shard_digest
+
+    cache = CacheDir(root)
+    lock = CacheLock(cache.root)
+    lock.acquire()
+    try:
+        manifest = cache.manifest()
+        if not manifest.complete:
+            raise LiquidgenError(f"{root}: the encode did not finish; finish it before upgrading")
+        new_dir, pending = cache.root / "shards.upgrade", cache.root / "manifest.upgrade.json"
+        if pending.exists() and new_dir.exists():
+            done = Manifest.from_json(json.loads(pending.read_text()), str(pending))
+            first = done.shards[0] if done.shards else None
+            if first is None or shard_digest(cache.shard_path(first.name)) == (first.sha256, first.bytes):
+                done.write(cache.manifest_path)  # killed between the swap and the manifest: finish
+                pending.unlink()
+                _remove_tree(new_dir)
+                return 0
+        _remove_tree(new_dir)
+        pending.unlink(missing_ok=True)
+        if manifest.format_version == FORMAT_VERSION:
+            return 0
+        new_dir.mkdir()
+        upgraded = dataclasses.replace(manifest, format_version=FORMAT_VERSION, shards=[])
+        for shard in tqdm(manifest.shards, desc=f"upgrade {cache.root.name}", unit="shard", disable=not progress):
+            data = read_shard(cache.shard_path(shard.name), manifest.storage.backend)
+            path = new_dir / shard.name
+            sha, size = write_shard(path, data, manifest.storage.backend)
+            upgraded.shards.append(dataclasses.replace(shard, sha256=sha, bytes=size, files=shard_files(path)))
+            if shard_digest(path) != (sha, size):
+                raise LiquidgenError(f"{path} did not read back as written; the cache is unchanged")
+        write_json_atomic(pending, upgraded.to_json())
+        _exchange(cache.shards_dir, new_dir)  # shards/ now format 2, shards.upgrade/ the old ones
+        upgraded.write(cache.manifest_path)
+        pending.unlink()
+        _remove_tree(new_dir)
+        return len(upgraded.shards)
+    finally:
+        lock.release()
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
