@@ -43,7 +43,10 @@ resume:
 sample:  ## $(N) images from runs/$(DATASET) into samples/$(DATASET)
 	$(BIN)/liquidgen sample --run $(RUN) --n $(N) --out samples/$(DATASET)
 
-test:  ## the CI suite (fast, CPU, real VAE and real paintings from ../shared)
+$(BIN)/liquidgen:  # the environment `make test` needs, built once when missing
+	$(MAKE) install
+
+test: | $(BIN)/liquidgen  ## the CI suite (fast, CPU, real VAE and real paintings from ../shared)
 	$(BIN)/python -m pytest -q
 
 test-all:  ## also the slow tests

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import TAEF2, make_subset
-from liquidgen.cache.loader import InMemoryLatents, StreamingLatents, open_latents
+from liquidgen.cache.loader import InMemoryLatents, StreamingLatents, open_latents, stored_numpy
 from liquidgen.cache.builder import upgrade
 from liquidgen.cache.shards import read_shard, shard_digest, shard_files
 from liquidgen.cache.store import CacheDir, verify_cache
@@ -186,7 +186,7 @@ def test_the_resident_buffer_is_read_into_bit_for_bit(paintings12, tmp_path, dty
     data = InMemoryLatents(str(out), 4)
     cache = CacheDir(out)
     stored = np.concatenate([read_shard(cache.shard_path(s.name), fmt).latents for s in cache.manifest().shards])
-    assert np.array_equal(data._numpy(data.latents), stored) and len(stored) == 12
+    assert np.array_equal(stored_numpy(data.latents), stored) and len(stored) == 12
 
 
 def test_mixed_caches_give_batches_in_proportion_to_their_weights(paintings40, tmp_path):

@@ -33,6 +33,11 @@ from liquidgen.cache.store import CacheDir, require_complete
 from liquidgen.errors import LiquidgenError
 
 
+def stored_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as the numpy array a shard stores (bf16 as its uint16 bits), sharing memory."""
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
 class _Base:
     def __init__(self, root: str, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
                  device: str | torch.device = "cpu", remote: RemoteShards | None = None):
@@ -55,15 +60,31 @@ class _Base:
     def num_classes(self) -> int:
         return len(self.manifest.label_names)
 
-    def _shard(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """One shard at its stored size: (latents, flipped or None, int64 labels), on the CPU."""
+    def _read(self, name: str, into: dict | None = None):
+        """One shard's arrays (into the given buffers, if any), fetched first from a remote cache."""
         if self.remote:
             self.remote.ensure(name)
-        data = self.cache.read(name, self.backend)
-        if self.remote:
-            self.remote.release(name)
+        try:
+            return self.cache.read(name, self.backend, into)
+        finally:
+            if self.remote:
+                self.remote.release(name)
+
+    def _shard(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """One shard at its stored size: (latents, flipped or None, int64 labels), on the CPU."""
+        data = self._read(name)
         flp = self.space.stored_tensor(data.flipped) if data.flipped is not None else None
         return self.space.stored_tensor(data.latents), flp, torch.from_numpy(data.labels.astype(np.int64))
+
+    def _read_into(self, name: str, lat: torch.Tensor, flp: torch.Tensor | None, lab: torch.Tensor) -> None:
+        """One shard read straight into CPU buffer slices of its exact size."""
+        into = {"latents": stored_numpy(lat)}
+        if flp is not None:
+            into["flipped"] = stored_numpy(flp)
+        data = self._read(name, into)
+        if len(data.labels) != len(lab):
+            raise LiquidgenError(f"{self.location}: shard {name} holds {len(data.labels)} latents, its manifest says {len(lab)}")
+        lab.copy_(torch.from_numpy(data.labels.astype(np.int64)))
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalized latents, labels) on the training device: the host gathers a batch at its
@@ -105,11 +126,8 @@ class InMemoryLatents(_Base):
             if end > self.count:
                 raise LiquidgenError(f"{self.location}: its shards hold more latents than the manifest's {self.count}")
             if self.device.type == "cpu":  # each shard read straight into its place in the buffer
-                into = {"latents": self._numpy(self.latents[at:end])}
-                if self.flipped is not None:
-                    into["flipped"] = self._numpy(self.flipped[at:end])
-                data = self.cache.read(shard.name, self.backend, into)
-                lab = torch.from_numpy(data.labels.astype(np.int64))
+                self._read_into(shard.name, self.latents[at:end],
+                                self.flipped[at:end] if self.flipped is not None else None, self.labels[at:end])
             else:
                 lat, flp, lab = self._shard(shard.name)
                 if len(lat) != shard.count:
@@ -117,17 +135,10 @@ class InMemoryLatents(_Base):
                 self.latents[at:end].copy_(lat)
                 if self.flipped is not None:
                     self.flipped[at:end].copy_(flp)
-            if len(lab) != shard.count:
-                raise LiquidgenError(f"{self.location}: shard {shard.name} holds {len(lab)} labels, its manifest says {shard.count}")
-            self.labels[at:end].copy_(lab)
+                self.labels[at:end].copy_(lab)
             at = end
         if at != self.count:
             raise LiquidgenError(f"{self.location}: the shards hold {at} latents, the manifest says {self.count}")
-
-    @staticmethod
-    def _numpy(t: torch.Tensor) -> np.ndarray:
-        """A CPU buffer slice as the numpy array a shard is stored as (bf16 as its uint16 bits)."""
-        return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
     def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -173,19 +184,6 @@ class StreamingLatents(_Base):
     def _request(self, group: list[str]) -> "_Buffer":
         """Start reading a group of shards, in the background, straight into one block."""
         return _Buffer(self, group, head=self.batch_size)
-
-    def _read_into(self, name: str, lat: torch.Tensor, flp: torch.Tensor | None, lab: torch.Tensor) -> None:
-        if self.remote:
-            self.remote.ensure(name)
-        into = {"latents": InMemoryLatents._numpy(lat)}
-        if flp is not None:
-            into["flipped"] = InMemoryLatents._numpy(flp)
-        data = self.cache.read(name, self.backend, into)
-        if len(data.labels) != len(lab):
-            raise LiquidgenError(f"{self.location}: shard {name} holds {len(data.labels)} latents, its manifest says {len(lab)}")
-        lab.copy_(torch.from_numpy(data.labels.astype(np.int64)))
-        if self.remote:
-            self.remote.release(name)
 
     def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
         gen, groups = self._groups(epoch)
