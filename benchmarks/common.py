@@ -1,4 +1,7 @@
-"""Helpers shared by the benchmarks: where the shared data is, a machine description, timing."""
+"""Helpers shared by the benchmarks: where the shared data is, a machine description, timing.
+
+The benchmarks measure on the 2,000 shared paintings (more than the 200 that ship with
+liquidgen), so they need ../shared; the VAE is the shipped TAEF2 (the same files)."""
 
 from __future__ import annotations
 
@@ -10,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from liquidgen.embedded import TAEF2
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIQUIDGEN_SHARED", ROOT.parent / "shared"))
 PAINTINGS = SHARED / "data" / "paintings"
-TAEF2 = SHARED / "weights" / "taef2"
 
 
 def machine() -> str:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, commit, machine  # noqa: E402
+from common import PAINTINGS, ROOT, commit, machine  # noqa: E402
 
 SECTIONS = {  # name -> (module, title)
     "encode": ("encode_throughput", "Encode throughput and storage"),
@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, help="shootout: training seconds per model (default 20 on a CPU: a smoke run; 1800 with --full)")
     parser.add_argument("--configs", help="shootout: only these configs (comma-separated), merged into the last results")
     args = parser.parse_args()
+    if not PAINTINGS.is_dir():
+        sys.exit(f"make bench measures on the 2,000 shared paintings and cannot find them at {PAINTINGS}; "
+                 "set LIQUIDGEN_SHARED to the folder holding data/paintings (make demo and make test need nothing)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.only or list(SECTIONS):
         module = importlib.import_module(SECTIONS[name][0])

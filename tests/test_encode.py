@@ -41,7 +41,7 @@ def test_encode_writes_a_verified_self_describing_cache(paintings12, tmp_path):
     assert latents.shape == (12, 32, 8, 8)
     assert len(m.shards) == 2  # shard size 8: 8 + 4
     assert sorted(keys) == keys and len(set(keys)) == 12
-    assert m.label_names == ["Baroque", "Impressionism", "Pointillism"]
+    assert m.label_names == ["Baroque", "Rococo"]
     assert [m.label_names[i] for i in labels] == [k.split("/")[0] for k in keys]
     assert m.vae["latent_channels"] == 32 and m.vae["downscale"] == 8
     assert m.vae["input_range"] == [0.0, 1.0]
@@ -98,11 +98,16 @@ def test_bad_inputs_are_skipped_counted_and_logged(bad_images, tmp_path):
 
 def test_appending_another_source_grows_the_cache(paintings12, paintings40, tmp_path):
     encode(config(paintings12, tmp_path / "c"))
-    result = encode(config(paintings40, tmp_path / "c", limit=16))
+    more = tmp_path / "more"  # Rococo again, and a style the cache has not seen
+    for style, new in (("Rococo", "Rococo"), ("Baroque", "Baroque_copies")):
+        (more / new).mkdir(parents=True)
+        for f in sorted((paintings40 / style).iterdir())[:8]:
+            (more / new / f.name).symlink_to(f)
+    result = encode(config(more, tmp_path / "c", limit=16))
     m = result.manifest
     assert m.count == 12 + 16 and [s.count for s in m.sources] == [12, 16]
     assert {s.name[:3] for s in m.shards} == {"s00", "s01"}
-    assert len(m.label_names) == 5  # the new styles are added after the old ones
+    assert m.label_names == ["Baroque", "Rococo", "Baroque_copies"]  # new styles after the old ones
     assert m.stats["n"] == 28 * 8 * 8
 
 

@@ -131,7 +131,7 @@ def test_a_cache_of_format_1_still_reads_the_same_latents_and_upgrades_bit_for_b
 
 def test_a_killed_upgrade_leaves_a_readable_cache_and_a_rerun_finishes_it(tmp_path):
     new, old = tmp_path / "new", tmp_path / "old"
-    images = make_subset(tmp_path / "images", per_class=16)  # 80 one-latent shards: an upgrade of a few seconds
+    images = make_subset(tmp_path / "images", per_class=40)  # 80 one-latent shards: an upgrade of a few seconds
     encode(EncodeConfig(str(images), str(new), vae=str(TAEF2), resolution=64, shard_size=1, workers=0, progress=False))
     format_1_copy(new, old, "zarr")
     want = InMemoryLatents(str(new), 8).latents

@@ -102,7 +102,7 @@ def sources(tmp_path_factory, paintings40) -> dict:
         "hf_rowgroups": "hf:" + str(write_parquet(images, styles, root / "hf_rowgroups", 1, row_group=4)),
         "tar1": write_tars(images, styles, root / "tar1", 1),
         "tar2": write_tars(images, styles, root / "tar2", 2),
-        "folder": str(make_subset(root / "folder", per_class=8)),
+        "folder": str(make_subset(root / "folder", per_class=20)),
     }
     # keep the folder to the same 36 images
     for extra in sorted((root / "folder").rglob("*.jpg"))[36:]:

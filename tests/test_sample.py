@@ -52,7 +52,7 @@ def test_latents_only_then_decode_gives_the_same_images(run, tmp_path):
 def test_decoding_a_cache_gives_back_its_paintings(paintings12, tmp_path):
     encode(EncodeConfig(str(paintings12), str(tmp_path / "c"), vae=str(TAEF2), resolution=128, workers=1, progress=False))
     keys = ["Baroque/" + sorted(p.name for p in (paintings12 / "Baroque").iterdir())[1],
-            "Pointillism/" + sorted(p.name for p in (paintings12 / "Pointillism").iterdir())[0]]
+            "Rococo/" + sorted(p.name for p in (paintings12 / "Rococo").iterdir())[0]]
     chosen = decode(DecodeConfig(source=str(tmp_path / "c"), out=str(tmp_path / "d"), keys=keys))
     assert len(chosen) == 2
     paths = decode(DecodeConfig(source=str(tmp_path / "c"), out=str(tmp_path / "e"), limit=None))
@@ -78,7 +78,7 @@ def test_decode_a_single_npy(tmp_path):
 
 def test_sample_refusals(run, tmp_path):
     result = run_cli("sample", "--run", str(run), "--class", "Cubism", "--out", str(tmp_path / "x"))
-    assert result.returncode == 1 and "known classes: Baroque, Impressionism" in result.stderr
+    assert result.returncode == 1 and "known classes: Baroque, Rococo" in result.stderr
     assert "Traceback" not in result.stderr
     with pytest.raises(LiquidgenError, match="--n must be at least 1"):
         sample(SampleConfig(run=str(run), out=str(tmp_path / "x"), n=0))

@@ -6,24 +6,44 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import PAINTINGS
+from conftest import SHARED_PAINTINGS, needs_shared
 from liquidgen.pipeline.encode import encode
 from liquidgen.pipeline.sources import FolderSource, HFSource, TarSource, open_source
 
 from test_encode import config, read_all
 
 
-def test_a_preset_reads_its_local_copy_offline(tmp_path):
-    source = open_source("paintings", data_dir=str(PAINTINGS.parent))
+def test_a_preset_reads_its_local_copy_offline(paintings40, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "paintings").symlink_to(paintings40, target_is_directory=True)
+    source = open_source("paintings", data_dir=str(tmp_path / "data"))
+    assert isinstance(source, FolderSource) and source.describe(1024).expected == 40
+    assert source.label_names == ["Baroque", "Rococo"]
+    keys = [item.key for piece in source.pieces(1024) for item in source.read(piece)]
+    assert len(set(keys)) == 40 and keys == sorted(keys)
+
+
+@needs_shared
+def test_the_paintings_preset_reads_the_readme_s_offline_copy_in_shared():
+    source = open_source("paintings", data_dir=str(SHARED_PAINTINGS.parent))  # LIQUIDGEN_DATA_DIR=../shared/data
     assert isinstance(source, FolderSource) and source.describe(1024).expected == 2000
     assert source.label_names == ["Baroque", "Impressionism", "Pointillism", "Rococo", "Ukiyo_e"]
-    keys = [item.key for piece in source.pieces(1024) for item in source.read(piece)]
-    assert len(set(keys)) == 2000 and keys == sorted(keys)
+
+
+def test_paintings_mini_ships_with_the_package(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LIQUIDGEN_DATA_DIR", raising=False)
+    source = open_source("paintings_mini")
+    described = source.describe(1024)
+    # named by the preset, not by where the package happens to be installed
+    assert isinstance(source, FolderSource) and described.id == "paintings_mini"
+    assert described.expected == 200 and source.label_names == ["Baroque", "Rococo"]
+    assert not any("baumeister" in f for f in source.files)  # the one work not in the public domain
 
 
 def test_hf_datasets_source_streams_a_local_dataset(paintings12, tmp_path):
     source = open_source(f"hf:{paintings12}")
-    assert isinstance(source, HFSource) and source.label_names == ["Baroque", "Impressionism", "Pointillism"]
+    assert isinstance(source, HFSource) and source.label_names == ["Baroque", "Rococo"]
     result = encode(config(f"hf:{paintings12}", tmp_path / "c"))
     m, latents, keys, labels = read_all(tmp_path / "c")
     assert result.total == 12 and m.sources[0].kind == "hf"

@@ -46,7 +46,7 @@ def test_the_loss_falls_for_every_cfc_variant(cache40, tmp_path, cfc):
     assert [r["step"] for r in records] == list(range(4, 41, 4))
     assert all({"step", "loss", "lr", "latents_per_s"} <= r.keys() for r in records)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["model"]["cfc"] == cfc and config["model"]["num_classes"] == 5
+    assert config["model"]["cfc"] == cfc and config["model"]["num_classes"] == 2
 
 
 def test_resume_repeats_an_uninterrupted_run_exactly(cache40, tmp_path):

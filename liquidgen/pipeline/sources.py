@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from liquidgen.cache.manifest import Source
+from liquidgen.embedded import PAINTINGS_MINI
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.images import IMAGE_EXTENSIONS
 
@@ -32,13 +33,15 @@ class DatasetPreset:
     label_column: str | None = None
     limit: int | None = None
     note: str = ""
+    folder: Path | None = None  # shipped with the package: read from here, never from the network
 
 
-# The datasets the reference designs name. `paintings`/`paintings_mini` are the first images of
-# the WikiArt stream (the seeds' exact subsets were never published).
+# The datasets the reference designs name. `paintings` is the first images of the WikiArt stream
+# (the seeds' exact subsets were never published); `paintings_mini` ships with liquidgen.
 PRESETS: dict[str, DatasetPreset] = {
     "paintings": DatasetPreset("huggan/wikiart", label_column="style", limit=8000, note="8K WikiArt paintings, 27 styles"),
-    "paintings_mini": DatasetPreset("huggan/wikiart", label_column="style", limit=200, note="200 paintings: a smoke test"),
+    "paintings_mini": DatasetPreset("embedded", note="200 public-domain paintings, 128 px, 2 styles: shipped, offline",
+                                    folder=PAINTINGS_MINI),
     "wikiart_stream": DatasetPreset("huggan/wikiart", label_column="style", note="all 81K WikiArt paintings, streamed"),
     "flowers": DatasetPreset("huggan/flowers-102-categories", note="8K flower photographs"),
     "cartoon": DatasetPreset("Norod78/cartoon-blip-captions", note="~3K cartoon characters"),
@@ -137,7 +140,9 @@ class FolderSource(ImageSource):
     """A local folder; first-level subfolder names become class labels. A piece is a slice of
     the sorted listing."""
 
-    def __init__(self, root: str | Path, limit: int | None = None):
+    def __init__(self, root: str | Path, limit: int | None = None, name: str | None = None):
+        """`name` replaces the folder's absolute path as the source's id (a shipped preset), so
+        the manifest says where the images came from on any machine."""
         path = Path(root).expanduser().resolve()
         if not path.is_dir():
             raise LiquidgenError(f"image folder {root} does not exist")
@@ -151,7 +156,7 @@ class FolderSource(ImageSource):
         labelled = all("/" in f for f in files)
         names = sorted({f.split("/", 1)[0] for f in files}) if labelled else None
         listing = hashlib.sha256("".join(f"{f}:{(path / f).stat().st_size}\n" for f in files).encode()).hexdigest()
-        super().__init__(id=str(path), kind="folder", label_names=names, limit=limit, extra={"sizes": {"listing": listing}})
+        super().__init__(id=name or str(path), kind="folder", label_names=names, limit=limit, extra={"sizes": {"listing": listing}})
         self.root, self.files = path, files
         self._label_of = {n: i for i, n in enumerate(names)} if names else {}
 
@@ -457,6 +462,8 @@ def open_source(spec: str, limit: int | None = None, data_dir: str | None = None
         limit = limit if limit is not None else preset.limit
         if data_dir and (Path(data_dir) / spec).is_dir():
             return FolderSource(Path(data_dir) / spec, limit=limit)
+        if preset.folder is not None:
+            return FolderSource(preset.folder, limit=limit, name=spec)
         return HFSource(preset.hf_id, preset.split, preset.label_column, limit=limit)
     if spec.startswith("hf:"):
         name, _, split = spec[3:].partition(":")

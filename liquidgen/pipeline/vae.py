@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from liquidgen.embedded import TAEF2
 from liquidgen.errors import LiquidgenError
 
 
@@ -23,6 +24,7 @@ class VaePreset:
     id: str
     subfolder: str | None = None
     note: str = ""
+    folder: Path | None = None  # shipped with the package: loaded from here, never downloaded
 
 
 # What the reference designs use. TAESD-family members whose layout diffusers' AutoencoderTiny
@@ -35,9 +37,7 @@ VAE_PRESETS: dict[str, VaePreset] = {
     "taesd": VaePreset("madebyollin/taesd", None, "tiny SD 1.x VAE, 4 channels"),
     "taesdxl": VaePreset("madebyollin/taesdxl", None, "tiny SDXL VAE, 4 channels"),
     "taef1": VaePreset("madebyollin/taef1", None, "tiny FLUX.1 VAE, 16 channels"),
-    "taef2": VaePreset(
-        "https://github.com/madebyollin/taesd/raw/main/taef2", None, "tiny FLUX.2 VAE, 32 channels"
-    ),
+    "taef2": VaePreset("taef2", None, "tiny FLUX.2 VAE, 32 channels: shipped, offline", folder=TAEF2),
 }
 
 STORE_CHOICES = ("mean", "sample", "moments")
@@ -189,19 +189,22 @@ def load_vae(
         subfolder = spec.get("subfolder")
         spec = spec["id"]
     vae_id = spec
-    if spec in VAE_PRESETS:
-        preset = VAE_PRESETS[spec]
+    preset = VAE_PRESETS.get(spec)
+    if preset is not None:
         spec, subfolder = preset.id, subfolder or preset.subfolder
         vae_id = spec
     local = Path(spec).expanduser()
-    if spec.startswith(("http://", "https://")):
+    if preset is not None and preset.folder is not None:
+        local = preset.folder  # shipped: the manifest records the preset's name, not this path
+    elif spec.startswith(("http://", "https://")):
         local = _download_taesd_pair(spec)
     if local.is_dir() and (pair := _find_pth_pair(local)) is not None:
         from liquidgen.pipeline.taesd import load_pair
 
         encoder, decoder = load_pair(str(pair[0]), str(pair[1]))
+        named = (preset is not None and preset.folder is not None) or spec.startswith(("http://", "https://"))
         info = {
-            "id": vae_id if spec.startswith(("http://", "https://")) else str(local.resolve()),
+            "id": vae_id if named else str(local.resolve()),
             "subfolder": None,
             "class": "TAESD:" + pair[0].name.removesuffix("_encoder.pth"),
             "kind": "tiny",
