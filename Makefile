@@ -69,7 +69,7 @@ $(BIN)/liquidgen:  # the environment `make test` needs, built once when missing
 	$(MAKE) install
 
 test: | $(BIN)/liquidgen  ## the CI suite (CPU; the shipped TAEF2 and paintings; ../shared only for the larger tests)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 test-all:  ## also the slow tests
 	$(BIN)/python -m pytest -q -m ""

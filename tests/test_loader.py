@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import TAEF2, make_subset
-from liquidgen.cache.loader import InMemoryLatents, StreamingLatents, open_latents, stored_numpy
+from liquidgen.cache.loader import InMemoryLatents, StreamingLatents, assembled_ahead, open_latents, stored_numpy
 from liquidgen.cache.builder import upgrade
 from liquidgen.cache.shards import read_shard, shard_digest, shard_files
 from liquidgen.cache.store import CacheDir, verify_cache
@@ -176,6 +176,75 @@ def test_two_streaming_ranks_read_disjoint_shards_that_cover_the_cache(cache):
     assert len(reads[0]) + len(reads[1]) == len(names)  # each shard read once in the epoch
     ours = torch.cat(seen[0] + seen[1]).flatten(1).sum(1)
     assert len(set(ours.tolist())) == len(ours) == 32  # no latent twice
+
+
+def test_batches_gathered_off_the_training_thread_are_the_same_batches(cache):
+    import threading
+
+    data = StreamingLatents(str(cache), 8, seed=4, buffer_shards=2)
+    inline = [b[0] for b in data.stored_batches(0)]
+    ahead = [b[0] for b in assembled_ahead(data.stored_batches(0))]
+    assert len(inline) == len(ahead) == 5 and all(torch.equal(a, b) for a, b in zip(inline, ahead))
+
+    def broken():
+        yield next(data.stored_batches(0))
+        raise LiquidgenError("shard s00-000003 is corrupt")
+
+    with pytest.raises(LiquidgenError, match="corrupt"):  # raised where the trainer reads
+        list(assembled_ahead(broken()))
+    early = assembled_ahead(data.stored_batches(0), depth=1)
+    next(early)
+    early.close()  # a run that stops mid-epoch leaves no thread behind
+    assert not any(t.name == "batch-assembly" for t in threading.enumerate())
+
+
+@pytest.fixture(scope="module")
+def ten_shards(paintings40, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ten") / "c"
+    encode(EncodeConfig(str(paintings40), str(out), vae=str(TAEF2), resolution=64, shard_size=4, workers=0, progress=False))
+    return out
+
+
+def rows(lat: torch.Tensor) -> list[bytes]:
+    return [r.tobytes() for r in stored_numpy(lat.contiguous()).reshape(len(lat), -1)]
+
+
+def read_epoch(cache, world: int, position: dict | None, batches: int | None = None):
+    """Every rank of `world` from `position` through `batches` batches of epoch 0 (all when None):
+    the latents seen, the shards read for epoch 0 and where the run stands after."""
+    seen, reads = [], []
+    for rank in range(world):
+        data = StreamingLatents(str(cache), 6, seed=5, rank=rank, world=world, buffer_shards=1)
+        real = data.cache.read
+        data.cache.read = lambda name, *a, real=real: reads.append(name) or real(name, *a)
+        epoch, skip = data.start(position, 0)
+        made = skip
+        for lat, _, _, _ in data.stored_batches(epoch, skip):
+            if batches is not None and made == batches:
+                break
+            seen += rows(lat)
+            made += 1
+        data.pool.shutdown(wait=True)
+        if batches is None:  # the next epoch's first buffer was read ahead: not epoch 0's
+            reads.remove(data._groups(1)[1][0][0])
+        after = data.position(epoch, made)
+    return seen, reads, after
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (2, 3), (1, 2)])
+def test_a_streaming_epoch_resumed_on_another_number_of_processes_repeats_no_shard(ten_shards, before, after):
+    """Counted: 10 shards of 4. Two batches on `before` processes, then the rest of the epoch on
+    `after`: no latent twice, no shard read twice, and at most a begun buffer per old rank unseen."""
+    first, read_first, position = read_epoch(ten_shards, before, None, batches=2)
+    assert position["world"] == before and position["batch"] == 2
+    rest, read_rest, _ = read_epoch(ten_shards, after, position)
+    everything = first + rest
+    assert len(set(everything)) == len(everything)  # no latent twice in the epoch
+    cache = CacheDir(ten_shards)
+    shard_of = {row: s.name for s in cache.manifest().shards for row in rows(torch.from_numpy(cache.read(s.name, "zarr").latents))}
+    trained_before = {shard_of[r] for r in first}
+    assert trained_before.isdisjoint(read_rest) and len(set(read_rest)) == len(read_rest)  # each shard once
+    assert len(everything) >= 40 - before * 4 - after * 4  # begun buffers, the new ranks' remainders
 
 
 @pytest.mark.parametrize("dtype, fmt", [("bf16", "zarr"), ("uint8", "wds"), ("fp32", "zarr")])

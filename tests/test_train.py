@@ -18,6 +18,7 @@ from conftest import TAEF2, run_cli
 from liquidgen.backbone.unet import LiquidUNetConfig
 from liquidgen.cache.store import CacheDir
 from liquidgen.errors import LiquidgenError
+from liquidgen.pipeline import checkpoint as ckpt
 from liquidgen.pipeline.encode import EncodeConfig, encode
 from liquidgen.pipeline.train import TrainConfig, _check_memory, train
 
@@ -49,10 +50,14 @@ def test_the_loss_falls_for_every_cfc_variant(cache40, tmp_path, cfc):
     assert config["model"]["cfc"] == cfc and config["model"]["num_classes"] == 2
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(cache40, tmp_path):
-    whole = train(tcfg(cache40, tmp_path / "whole"))
-    train(tcfg(cache40, tmp_path / "parts", steps=12))
-    resumed = train(tcfg(cache40, tmp_path / "parts", resume=True))
+@pytest.mark.parametrize("memory_limit_gb", [4.0, 0.0], ids=["resident", "streaming"])
+def test_resume_repeats_an_uninterrupted_run_exactly(cache40, tmp_path, memory_limit_gb):
+    whole = train(tcfg(cache40, tmp_path / "whole", memory_limit_gb=memory_limit_gb))
+    train(tcfg(cache40, tmp_path / "parts", steps=12, memory_limit_gb=memory_limit_gb))
+    state = ckpt.load_state(ckpt.latest_checkpoint(tmp_path / "parts"))
+    # where the data stood, kept for a resume on any number of processes: 5 batches an epoch
+    assert {k: state["position"][k] for k in ("epoch", "batch", "world")} == {"epoch": 2, "batch": 2, "world": 1}
+    resumed = train(tcfg(cache40, tmp_path / "parts", resume=True, memory_limit_gb=memory_limit_gb))
     assert resumed.losses == whole.losses[12:]  # bit for bit on CPU
     assert (tmp_path / "parts" / "checkpoints" / "latest").read_text() == "step-0000024"
 
@@ -116,17 +121,25 @@ def test_an_unfinished_or_empty_cache_is_refused(paintings40, tmp_path):
     assert result.returncode == 1 and "holds no latents" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_two_processes_train_one_run(cache40, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "liquidgen", "train",
-           "--cache", str(cache40), "--out", str(tmp_path / "run"), "--model", "nano", "--batch-size", "8",
-           "--steps", "6", "--log-every", "2", "--ckpt-every", "6", "--preview-every", "0"]
+@pytest.mark.parametrize("memory", ["4", "0"], ids=["resident", "streaming"])
+def test_two_processes_train_one_run(cache40, tmp_path, memory):
+    args = ["train", "--cache", str(cache40), "--out", str(tmp_path / "run"), "--model", "nano", "--batch-size", "8",
+            "--log-every", "2", "--ckpt-every", "6", "--preview-every", "0", "--memory-limit-gb", memory]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "liquidgen", *args, "--steps", "5"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [2, 4, 6]  # written once, by rank 0
+    assert [r["step"] for r in records] == [2, 4, 5]  # written once, by rank 0
     assert "2 process(es)" in done.stdout
-    assert (tmp_path / "run" / "checkpoints" / "step-0000006" / "ema.safetensors").exists()
+    assert (tmp_path / "run" / "checkpoints" / "step-0000005" / "ema.safetensors").exists()
+    saved = ckpt.load_state(ckpt.latest_checkpoint(tmp_path / "run"))["position"]
+    assert saved["world"] == 2
+    # the same run goes on in one process, from where the two left it
+    alone = run_cli(*args, "--steps", "9", "--resume")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "1 process(es)" in alone.stdout
+    assert [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-3:] == [6, 8, 9]
 
 
 @pytest.mark.parametrize("baseline", ["dit-tiny", "unet-tiny"])

@@ -87,14 +87,33 @@ class _Base:
         lab.copy_(torch.from_numpy(data.labels.astype(np.int64)))
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(normalized latents, labels) on the training device: the host gathers a batch at its
-        stored size (`stored_batches`), the device widens, flips, samples and normalizes it."""
-        for lat, flp, labels, gen in self.stored_batches(epoch, skip):
+        """(normalized latents, labels) on the training device: a batch is gathered at its stored
+        size (`stored_batches`) off the training thread where that is host work, into pinned
+        memory for a GPU, then the device widens, flips, samples and normalizes it."""
+        stored = self.stored_batches(epoch, skip)
+        if self.host_gather:
+            stored = assembled_ahead(stored, pin=self.device.type == "cuda")
+        for lat, flp, labels, gen in stored:
             yield self.space.to_model(lat, flp, gen), labels.to(self.device, non_blocking=True)
+
+    host_gather = True  # batches are gathered on the CPU (a resident buffer on the GPU is not)
 
     def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
         """(latents, flipped or None, labels, generator) at stored size, in the epoch's order."""
         raise NotImplementedError
+
+    def position(self, epoch: int, batch: int) -> dict:
+        """Where a run stands, for its checkpoint: `start` turns it back into (epoch, batch) on
+        any number of processes."""
+        return {"epoch": epoch, "batch": batch, "world": self.world}
+
+    def start(self, position: dict | None, step: int) -> tuple[int, int]:
+        """(epoch, batches to skip) to resume at. Global batches here do not depend on the number
+        of processes, so the saved position holds on any; without one (older checkpoints) it
+        follows from the step."""
+        if position is None:
+            return divmod(step, self.steps_per_epoch())
+        return int(position["epoch"]), int(position["batch"])
 
     def _batch_gen(self, epoch: int, batch: int) -> torch.Generator:
         """Per-batch randomness (flip choice, moment sampling): a function of its position only,
@@ -106,6 +125,56 @@ class _Base:
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return self.space.to_vae(z)
+
+
+def assembled_ahead(batches: Iterator[tuple], depth: int = 3, pin: bool = False) -> Iterator[tuple]:
+    """`batches`, each gathered by a background thread (torch's gathers release the GIL) up to
+    `depth` ahead of the consumer; with `pin`, copied into page-locked memory so the device copy
+    that follows is asynchronous. Same batches, same order; an error in the thread is raised
+    here; a consumer that stops early stops the thread."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for lat, flp, lab, gen in batches:
+                if pin:
+                    lat, lab = lat.pin_memory(), lab.pin_memory()
+                    flp = flp.pin_memory() if flp is not None else None
+                if not put((lat, flp, lab, gen)):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, raised in its thread
+            put(exc)
+        finally:
+            batches.close()
+
+    thread = threading.Thread(target=work, name="batch-assembly", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class InMemoryLatents(_Base):
@@ -139,6 +208,7 @@ class InMemoryLatents(_Base):
             at = end
         if at != self.count:
             raise LiquidgenError(f"{self.location}: the shards hold {at} latents, the manifest says {self.count}")
+        self.host_gather = self.latents.device.type == "cpu"
 
     def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -165,21 +235,77 @@ class StreamingLatents(_Base):
         # reads each shard once across all ranks. (With fewer shards than ranks, every rank reads
         # all of them and keeps its slice of each batch.)
         self.partitioned = self.world > 1 and len(self.names) >= self.world
+        # Shards an epoch leaves out because a run resumed on another number of processes had
+        # read them already in that epoch: epoch -> names.
+        self.excluded: dict[int, frozenset[str]] = {}
 
-    def _groups(self, epoch: int) -> tuple[torch.Generator, list[list[str]]]:
+    def _order(self, epoch: int) -> tuple[torch.Generator, list[str]]:
+        """The epoch's shard order: (seed, epoch) alone, whatever the number of processes."""
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         names = [self.names[i] for i in torch.randperm(len(self.names), generator=gen)]
-        if self.partitioned:
-            names = names[self.rank :: self.world]
-        return gen, [names[i : i + self.buffer_shards] for i in range(0, len(names), self.buffer_shards)]
+        return gen, [n for n in names if n not in self.excluded.get(epoch, ())]
 
-    def steps_per_epoch(self) -> int:
-        """The same on every rank and every epoch: what the rank with the fewest latents can make
-        (the smallest world-th of the shards), so no rank waits for a batch that never comes."""
+    def _split(self, names: list[str], rank: int, world: int) -> list[list[str]]:
+        """Rank `rank`'s shards of `names`, in buffer groups."""
+        if world > 1 and len(self.names) >= world:
+            names = names[rank::world]
+        return [names[i : i + self.buffer_shards] for i in range(0, len(names), self.buffer_shards)]
+
+    def _groups(self, epoch: int) -> tuple[torch.Generator, list[list[str]]]:
+        gen, names = self._order(epoch)
+        return gen, self._split(names, self.rank, self.world)
+
+    def steps_per_epoch(self, epoch: int | None = None) -> int:
+        """The same on every rank: what the rank with the fewest latents can make (the smallest
+        world-th of the shards), so no rank waits for a batch that never comes. An epoch that
+        lost shards to a resume on another number of processes is shorter."""
         if not self.partitioned:
+            if epoch in self.excluded:
+                return sum(self.counts[n] for n in self._order(epoch)[1]) // self.batch_size
             return super().steps_per_epoch()
+        if epoch in self.excluded:  # may be 0: every shard had been begun
+            names = self._order(epoch)[1]
+            per_rank = [sum(self.counts[n] for g in self._split(names, r, self.world) for n in g) for r in range(self.world)]
+            return min(per_rank) // self.local_batch
         counts = sorted(s.count for s in self.manifest.shards if s.count)
         return max(sum(counts[: len(counts) // self.world]) // self.local_batch, 1)
+
+    def position(self, epoch: int, batch: int) -> dict:
+        return {**super().position(epoch, batch), "excluded": sorted(self.excluded.get(epoch, ()))}
+
+    def start(self, position: dict | None, step: int) -> tuple[int, int]:
+        """On the number of processes that saved `position`, the same (epoch, batch). On another,
+        the epoch goes on without the shards any rank had begun (the partition changes, and a
+        begun buffer cannot be split), so no latent is seen twice in it; the latents left unseen
+        in begun buffers (at most a buffer a rank) wait for the next epoch."""
+        if position is None:
+            return divmod(step, self.steps_per_epoch())
+        epoch, batch, world = int(position["epoch"]), int(position["batch"]), int(position["world"])
+        self.excluded[epoch] = frozenset(position.get("excluded", ()))
+        same = world == self.world or not (world > 1 and len(self.names) >= world) and not self.partitioned
+        if same or batch == 0:
+            if not self.excluded[epoch]:
+                del self.excluded[epoch]
+            return epoch, batch
+        self.excluded[epoch] |= self._begun(epoch, batch, world)
+        return epoch, 0
+
+    def _begun(self, epoch: int, batch: int, world: int) -> frozenset[str]:
+        """The shards that `world` processes had begun by `batch` of `epoch` (each rank's buffer
+        groups up to the one its `batch`-th batch came from)."""
+        _, names = self._order(epoch)
+        split = world > 1 and len(self.names) >= world
+        size = self.batch_size // world if split else self.batch_size
+        begun: set[str] = set()
+        for rank in range(world if split else 1):
+            made = carry = 0
+            for group in self._split(names, rank, world):
+                begun.update(group)
+                avail = carry + sum(self.counts[n] for n in group)
+                made, carry = made + avail // size, avail % size
+                if made >= batch:
+                    break
+        return frozenset(begun)
 
     def _request(self, group: list[str]) -> "_Buffer":
         """Start reading a group of shards, in the background, straight into one block."""
@@ -187,6 +313,9 @@ class StreamingLatents(_Base):
 
     def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
         gen, groups = self._groups(epoch)
+        steps = self.steps_per_epoch(epoch)
+        if not groups or not steps:  # a resumed epoch whose shards had all been begun
+            return
         if len(self.names) <= self.buffer_shards and self.resident is None:  # the whole cache is one buffer: read once
             self.resident = [f.result() for f in [self.pool.submit(self._shard, n) for n in self.names]]
         carry: list[tuple] = []
@@ -209,7 +338,7 @@ class StreamingLatents(_Base):
             size = self.local_batch if self.partitioned else self.batch_size
             full = len(lat) // size
             for b in range(full):
-                if made >= self.steps_per_epoch():
+                if made >= steps:
                     return
                 idx = order[b * size : (b + 1) * size]
                 if not self.partitioned:
@@ -292,6 +421,16 @@ class MixedLatents:
 
     def steps_per_epoch(self) -> int:
         return sum(d.steps_per_epoch() for d in self.loaders)
+
+    def position(self, epoch: int, batch: int) -> dict:
+        return {"epoch": epoch, "batch": batch, "world": self.loaders[0].world}
+
+    def start(self, position: dict | None, step: int) -> tuple[int, int]:
+        """As `_Base.start`. The mixed caches' own positions follow from the global step; a
+        streamed cache resumed on another number of processes is read in that number's order."""
+        if position is None:
+            return divmod(step, self.steps_per_epoch())
+        return int(position["epoch"]), int(position["batch"])
 
     def choices(self, steps: int) -> torch.Tensor:
         """Which cache each of the first `steps` global steps draws from."""

@@ -221,14 +221,15 @@ def _train(cfg: TrainConfig) -> TrainResult:
                           f"{world} process(es), {type(data).__name__}")
     preview_every = cfg.ckpt_every if cfg.preview_every is None else cfg.preview_every
     result = TrainResult(run, start_step, parameters=params)
-    spe = data.steps_per_epoch()
     step, t0, log_t0, log_loss, log_n = start_step, time.time(), time.time(), torch.zeros((), device=device), 0
     bar = tqdm(total=cfg.steps, initial=start_step, unit="step", disable=not (cfg.progress and accelerator.is_local_main_process))
     metrics = (run / "metrics.jsonl").open("a") if accelerator.is_main_process else None
+    # where the data stands: saved in each checkpoint, so a resume on any number of processes
+    # continues the epoch (a streamed cache without repeating a shard)
+    epoch, skip = data.start(state.get("position") if state else None, step)
     try:
         while step < cfg.steps:
-            epoch, skip = divmod(step, spe)
-            for x0, labels in data.batches(epoch, skip=skip):
+            for batch, (x0, labels) in enumerate(data.batches(epoch, skip=skip), start=skip + 1):
                 x0 = x0.to(device, non_blocking=True)
                 t = torch.sigmoid(torch.randn(len(x0), generator=gen, device=device))  # logit-normal(0, 1)
                 noise = torch.randn(x0.shape, generator=gen, device=device)
@@ -275,7 +276,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
                     if accelerator.is_main_process:
                         ckpt.save_checkpoint(run, step, raw, ema, {
                             "step": step, "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "rng": rng_states})
+                            "scheduler": scheduler.state_dict(), "rng": rng_states,
+                            "position": data.position(epoch, batch)})
                         _plot(run)
                     accelerator.wait_for_everyone()
                 if preview_every and (step % preview_every == 0 or last) and accelerator.is_main_process:
@@ -283,6 +285,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 bar.update(1)
                 if last:
                     break
+            epoch, skip = epoch + 1, 0
     finally:
         bar.close()
         if metrics:
