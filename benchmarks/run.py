@@ -27,6 +27,7 @@ SECTIONS = {  # name -> (module, title)
     "backbone": ("backbone_cost", "Backbone cost per step against diffusers baselines"),
     "shootout": ("shootout", "Shoot-out at equal training time: liquid vs DiT vs U-Net, and ablations"),
     "sample": ("sample_speed", "Sampling speed"),
+    "libraries": ("loader_libraries", "Streaming loaders: liquidgen beside litdata on the same latents"),
     "remote": ("remote_cache", "Training from a cache served over HTTP"),
     "eval": ("eval_quality", "Image quality without downloads: the metrics and their noise"),
 }
@@ -48,6 +49,10 @@ def main() -> None:
     for name in args.only or list(SECTIONS):
         module = importlib.import_module(SECTIONS[name][0])
         print(f"== {name}", flush=True)
+        missing = getattr(module, "unavailable", lambda: None)()
+        if missing:  # an optional library is not installed: the last results stay as they were
+            print(f"skipped: {missing}", flush=True)
+            continue
         t0, at = time.time(), commit()  # the code that runs is the code at the start
         extra = {k: v for k, v in (("budget", args.budget), ("configs", args.configs)) if v and name == "shootout"}
         result = module.run(full=args.full, device=args.device, **extra)

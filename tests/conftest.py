@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from liquidgen.embedded import PAINTINGS_MINI, TAEF2
+from liquidgen.embedded import PAINTINGS_MINI, TAEF2  # noqa: F401  (TAEF2: imported by the tests from here)
 from liquidgen.pipeline.images import Preprocess, load_image
 
 PAINTINGS = PAINTINGS_MINI  # Baroque/ and Rococo/, 100 real paintings each, 128 px
