@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -245,6 +246,47 @@ def test_a_streaming_epoch_resumed_on_another_number_of_processes_repeats_no_sha
     trained_before = {shard_of[r] for r in first}
     assert trained_before.isdisjoint(read_rest) and len(set(read_rest)) == len(read_rest)  # each shard once
     assert len(everything) >= 40 - before * 4 - after * 4  # begun buffers, the new ranks' remainders
+
+
+COUNTED_TRAIN = r"""
+import os, sys
+from liquidgen.cache.store import CacheDir
+real = CacheDir.read
+def counted(self, name, *args):
+    with open(os.environ["READS_LOG"], "a") as log:
+        log.write(f"{os.environ['RANK']}\t{name}\n")
+    return real(self, name, *args)
+CacheDir.read = counted
+from liquidgen.cli import main
+sys.argv[0] = "liquidgen"
+main()
+"""
+
+
+def test_two_torchrun_ranks_stream_disjoint_shards_that_cover_the_cache(ten_shards, tmp_path):
+    """Counted in the ranks themselves: every shard read by exactly one of two gloo processes in
+    an epoch of `liquidgen train` streaming the cache."""
+    script, log = tmp_path / "counted.py", tmp_path / "reads.log"
+    script.write_text(COUNTED_TRAIN)
+    spe = StreamingLatents(str(ten_shards), 4, world=2).steps_per_epoch()  # one epoch: 10 shards of 4
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), "train",
+           "--cache", str(ten_shards), "--out", str(tmp_path / "run"), "--model", "nano", "--batch-size", "4",
+           "--steps", str(spe), "--memory-limit-gb", "0", "--preview-every", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "READS_LOG": str(log), "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    reads = {0: [], 1: []}
+    for line in log.read_text().splitlines():
+        rank, name = line.split("\t")
+        reads[int(rank)].append(name)
+    for rank in (0, 1):  # after its epoch-0 shards a rank reads ahead only its next epoch's first buffer
+        plan = StreamingLatents(str(ten_shards), 4, rank=rank, world=2)
+        k = sum(len(g) for g in plan._groups(0)[1])
+        assert set(reads[rank][k:]) <= set(plan._groups(1)[1][0])
+        reads[rank] = reads[rank][:k]
+    names = {s.name for s in CacheDir(ten_shards).manifest().shards}
+    assert set(reads[0]).isdisjoint(reads[1]) and set(reads[0]) | set(reads[1]) == names
+    assert len(reads[0]) + len(reads[1]) == len(names) == 10  # each shard once in the epoch
 
 
 @pytest.mark.parametrize("dtype, fmt", [("bf16", "zarr"), ("uint8", "wds"), ("fp32", "zarr")])

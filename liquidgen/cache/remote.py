@@ -12,6 +12,7 @@ the manifest last. Shards come from strangers: nothing unverified is ever kept.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -158,21 +159,28 @@ def fetch_shard(url: str, shard: Shard, cache: CacheDir, on_bytes=lambda n: None
         return False
     tmp = final.with_name(f".{final.name}.part{os.getpid()}-{threading.get_ident()}")
     got = 0
+    # hashed as it arrives, in `shard_digest`'s order (sorted files, each prefixed by its path),
+    # so the shard is not read back from disk to be checked
+    sha = hashlib.sha256()
     try:
-        for rel in shard.files or [""]:
+        for rel in sorted(shard.files) or [""]:
             src = _join(root, "shards", shard.name, rel) if rel else _join(root, "shards", shard.name)
             dst = tmp / rel if rel else tmp
             dst.parent.mkdir(parents=True, exist_ok=True)
+            before = sha.copy()
             for attempt in range(attempts):
                 try:
-                    got += _download(fs, src, dst, shard.bytes - got, shard.name, on_bytes)
+                    if rel:
+                        sha.update(rel.encode() + b"\0")
+                    got += _download(fs, src, dst, shard.bytes - got, shard.name, on_bytes, sha)
                     break
                 except _Transient as exc:
+                    sha = before.copy()  # the file starts again
                     if attempt + 1 == attempts:
                         raise LiquidgenError(f"cannot fetch shard {shard.name} from {url} after {attempts} tries "
                                              f"({exc}); rerun to resume") from None
                     time.sleep(0.25 * 2**attempt)
-        if shard_digest(tmp) != (shard.sha256, shard.bytes):
+        if (sha.hexdigest(), got) != (shard.sha256, shard.bytes):
             raise LiquidgenError(f"shard {shard.name} from {url} does not match its sha256: refusing it")
         if final.is_dir():
             shutil.rmtree(final)
@@ -183,8 +191,9 @@ def fetch_shard(url: str, shard: Shard, cache: CacheDir, on_bytes=lambda n: None
     return True
 
 
-def _download(fs, src: str, dst: Path, budget: int, name: str, on_bytes) -> int:
-    """One file, read to its end (never more than `budget` bytes: what the manifest promised)."""
+def _download(fs, src: str, dst: Path, budget: int, name: str, on_bytes, sha) -> int:
+    """One file, read to its end (never more than `budget` bytes: what the manifest promised),
+    each chunk fed to `sha` as it is written."""
     got = 0
     try:
         with fs.open(src, "rb", **_open_kwargs(fs)) as fin, open(dst, "wb") as fout:
@@ -193,6 +202,7 @@ def _download(fs, src: str, dst: Path, budget: int, name: str, on_bytes) -> int:
                 got += len(chunk)
                 if got > budget:
                     raise LiquidgenError(f"shard {name} is larger than its manifest entry: refusing it")
+                sha.update(chunk)
                 fout.write(chunk)
                 on_bytes(len(chunk))
     except LiquidgenError:
@@ -231,8 +241,6 @@ def pull(url: str, cache_dir: str, workers: int = 8, progress: bool = True) -> T
 
 def home_folder(url: str) -> Path:
     """Where shards of the cache at `url` are kept: $LIQUIDGEN_HOME/caches/<hash of the URL>."""
-    import hashlib
-
     home = Path(os.environ.get("LIQUIDGEN_HOME", Path.home() / ".cache" / "liquidgen"))
     return home / "caches" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
