@@ -199,6 +199,18 @@ def test_batches_gathered_off_the_training_thread_are_the_same_batches(cache):
     assert not any(t.name == "batch-assembly" for t in threading.enumerate())
 
 
+def test_read_ahead_deepens_when_the_trainer_waits_for_the_disk(ten_shards):
+    import time as clock
+
+    data = StreamingLatents(str(ten_shards), 4, seed=1, buffer_shards=1, max_ahead=3)
+    real = data.cache.read
+    data.cache.read = lambda name, *a: clock.sleep(0.05) or real(name, *a)  # a slow disk
+    first = [b[0] for b in data.stored_batches(0)]
+    assert data.depth == 3  # it waited, so it read further ahead, up to the limit
+    quick = StreamingLatents(str(ten_shards), 4, seed=1, buffer_shards=1, max_ahead=3)
+    assert all(torch.equal(a, b) for a, b in zip(first, (b[0] for b in quick.stored_batches(0))))  # same batches
+
+
 @pytest.fixture(scope="module")
 def ten_shards(paintings40, tmp_path_factory):
     out = tmp_path_factory.mktemp("ten") / "c"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
@@ -223,9 +224,15 @@ class InMemoryLatents(_Base):
 
 
 class StreamingLatents(_Base):
-    def __init__(self, *args, buffer_shards: int = 8, **kwargs):
+    def __init__(self, *args, buffer_shards: int = 8, max_ahead: int = 4, **kwargs):
         super().__init__(*args, **kwargs)
         self.buffer_shards = buffer_shards
+        # Buffers read ahead of the one trained on: one to start with, one more each time the
+        # trainer finds the next not yet read, up to `max_ahead` (memory: that many buffers).
+        self.depth, self.max_ahead = 1, max_ahead
+        if self.remote is not None and self.remote.limit is not None:  # what is read ahead sits on disk
+            group = buffer_shards * max((s.bytes for s in self.manifest.shards), default=1)
+            self.max_ahead = max(1, min(max_ahead, self.remote.limit // group - 1))
         self.names = [s.name for s in self.manifest.shards if s.count]
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead")
         self.ahead: dict[int, _Buffer] = {}  # epoch -> its first buffer, requested early
@@ -320,7 +327,10 @@ class StreamingLatents(_Base):
             self.resident = [f.result() for f in [self.pool.submit(self._shard, n) for n in self.names]]
         carry: list[tuple] = []
         made = 0
-        pending = self.ahead.pop(epoch, None) or (self._request(groups[0]) if self.resident is None else None)
+        queue: deque[_Buffer] = deque()
+        if self.resident is None:
+            queue.append(self.ahead.pop(epoch, None) or self._request(groups[0]))
+        requested = 1
         for i, group in enumerate(groups):
             if self.resident is not None:  # the same shards each epoch, in the epoch's order
                 by_name = dict(zip(self.names, self.resident))
@@ -329,10 +339,15 @@ class StreamingLatents(_Base):
                 flp = torch.cat([p[1] for p in parts]) if self.flip else None
                 lab = torch.cat([p[2] for p in parts])
             else:
-                lat, flp, lab = pending.wait(carry[0] if carry else None)
-                # read the next buffer (the next epoch's first) while this one is trained on
-                pending = self._request(groups[i + 1]) if i + 1 < len(groups) else None
-                if i + 1 == len(groups):
+                head = queue.popleft()
+                if not head.done():  # the trainer waits for the disk: read further ahead from now on
+                    self.depth = min(self.depth + 1, self.max_ahead)
+                lat, flp, lab = head.wait(carry[0] if carry else None)
+                # read the next `depth` buffers (then the next epoch's first) while this one is trained on
+                while len(queue) < self.depth and requested < len(groups):
+                    queue.append(self._request(groups[requested]))
+                    requested += 1
+                if requested == len(groups) and len(queue) < self.depth and epoch + 1 not in self.ahead:
                     self.ahead[epoch + 1] = self._request(self._groups(epoch + 1)[1][0])
             order = torch.randperm(len(lat), generator=gen)
             size = self.local_batch if self.partitioned else self.batch_size
@@ -368,6 +383,9 @@ class _Buffer:
             flp = self.flp[at : at + n] if self.flp is not None else None
             self.futures.append(loader.pool.submit(loader._read_into, name, self.lat[at : at + n], flp, self.lab[at : at + n]))
             at += n
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
 
     def wait(self, carry: tuple | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The block once every shard is in, with `carry` (fewer than `head` rows) placed just

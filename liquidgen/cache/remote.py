@@ -261,32 +261,47 @@ class RemoteShards:
         self.kept: OrderedDict[str, int] = OrderedDict()  # on disk, least recently used first
         self.busy: Counter[str] = Counter()  # being read now: never evicted
         self.reserved = 0  # bytes of downloads in flight
+        self.fetching: dict[str, threading.Event] = {}  # downloads in flight, set when each ends
         self._lock = threading.Lock()
 
     def ensure(self, name: str) -> None:
-        """The shard is on disk and verified, and stays until `release`."""
+        """The shard is on disk and verified, and stays until `release`. A shard asked for again
+        while it downloads (read ahead for the next epoch, say) is waited for, never fetched a
+        second time: a second fetch would replace the files under the first reader."""
         size = self.entries[name].bytes
         with self._lock:
             self.busy[name] += 1
             if name in self.ready and self.cache.shard_path(name).exists():
                 self.kept.move_to_end(name)
                 return
-            if self.limit is not None:
-                self._make_room(size)
-            self.reserved += size
+            other = self.fetching.get(name)
+            if other is None:
+                self.fetching[name] = mine = threading.Event()
+                if self.limit is not None:
+                    self._make_room(size)
+                self.reserved += size
+        if other is not None:
+            other.wait()
+            with self._lock:
+                self.busy[name] -= 1
+            return self.ensure(name)  # ready now, or (its fetch failed) fetched here
         try:
             fetch_shard(self.url, self.entries[name], self.cache)
         except BaseException:
             with self._lock:
                 self.reserved -= size
                 self.busy[name] -= 1
+                del self.fetching[name]
+            mine.set()
             raise
         with self._lock:
             self.reserved -= size
             self.ready.add(name)
             self.kept[name] = size
+            del self.fetching[name]
             if self.keep and self.limit is None and len(self.ready) == len(self.entries) and not self.cache.exists():
                 self.cache.write_manifest(self.manifest)  # every shard is here now
+        mine.set()
 
     def _make_room(self, size: int) -> None:
         """Evict least recently used shards (none being read) until this one fits the limit."""
