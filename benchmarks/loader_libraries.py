@@ -203,6 +203,8 @@ def http_stages(root: Path, url: str, folder: Path, shards: int = 8) -> dict:
 def markdown(r: dict) -> str:
     med = {k: statistics.median(v) for k, v in r["rates"].items()}
     profile_rows = "; ".join(f"{k} {v:.0%}" for k, v in r.get("profile", {}).items()) or "not measured"
+    st = r.get("http_stages_mb_s", {})
+    slow = st.get("plain download (urllib)", 0) / max(st.get("fetch_shard: download + sha256 + write", 1), 1)
     stage_rows = "; ".join(f"{k} {v:,}" for k, v in r.get("http_stages_mb_s", {}).items()) or "not measured"
     ours = med["liquidgen"]
     rows = "\n".join(f"| {k} | {v:,.0f} | {ours / v:.2f} |" for k, v in med.items())
@@ -220,8 +222,11 @@ and deleted once read (goal: ÷ local ≥ 0.9; here it is {med['liquidgen over l
 {rows}
 
 Where liquidgen's training thread spends the time (cProfile of the same batches):
-{profile_rows}. Against litdata without workers, the goal of 3 is missed by about half: both
-read the same bytes from the page cache, and ours then gathers each batch out of its buffer.
+{profile_rows}. Against litdata without workers the goal of 3 is missed
+({ours / med['litdata, 0 workers']:.2f}): both read the same bytes from the page cache, and the time left in ours is
+the random gather of each batch's rows out of its shuffle buffer (a batch of 256 latents of
+16 KB from 128 MB), which a shuffled loader cannot skip. Against litdata with 2 DataLoader
+workers the goal is met ({ours / med['litdata, 2 workers']:.2f}).
 
 Why HTTP misses its goal, one stage at a time on one thread (MB/s over 8 shards of 16 MB):
 {stage_rows}
@@ -229,9 +234,11 @@ Why HTTP misses its goal, one stage at a time on one thread (MB/s over 8 shards 
 Every byte that arrives over HTTP is sent by the server, received, hashed, written and read
 back, and on 2 cores the server's process competes with the loader's for them; the local
 path is one read from the page cache. Even the plain download alone, one thread, is slower
-than the local loader's whole rate, and fsspec's client with the sha256 costs about 2.6x more
-again. What more cores or a real network would give is not measured here.
+than the local loader's whole rate, and fsspec's client with the sha256 and the write takes
+{slow:.1f}x as long again. What more cores or a real network would give is not measured here.
 
 MosaicML streaming is not in the table: version 0.13 imports transformers and torchvision when
-imported, and their wheels need a torch other than the pinned CPU build.
+imported; the only torchvision wheel for torch 2.13 on this machine's index is the CUDA build,
+whose operators do not load against the pinned CPU torch ("operator torchvision::nms does not
+exist"), so `import streaming` fails here.
 """
