@@ -91,7 +91,7 @@ def train(
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Global batch size (split across processes)."),
     steps: int = typer.Option(100_000, help="Total optimizer steps."),
     lr: float = typer.Option(2e-4, help="Peak learning rate (AdamW, linear warmup)."),
-    warmup: int = typer.Option(1000, help="Warmup steps."),
+    warmup: Optional[int] = typer.Option(None, help="Warmup steps (default: min(1000, steps/10))."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
     cfc: Optional[str] = typer.Option(None, help="CfC variant: paper (default), timegate or static."),
     relax: Optional[bool] = typer.Option(None, "--relax/--no-relax", help="Liquid relaxation residuals (default on)."),
@@ -101,8 +101,8 @@ def train(
     head: Optional[str] = typer.Option(None, help="Output head: ada (conditioned on t, default) or gn (the classic U-Net head)."),
     ema: float = typer.Option(0.999, help="EMA decay (with warm-up)."),
     log_every: int = typer.Option(50, help="Steps between metrics records."),
-    ckpt_every: int = typer.Option(2000, help="Steps between checkpoints."),
-    preview_every: Optional[int] = typer.Option(None, help="Steps between preview grids (default: with checkpoints; 0: never)."),
+    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: min(2000, steps/10)); the last step is always saved."),
+    preview_every: Optional[int] = typer.Option(None, help="Steps between preview grids (default: min(2000, steps/4); 0: never)."),
     preview_n: int = typer.Option(16, help="Images in a preview grid."),
     seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
     memory_limit_gb: float = typer.Option(4.0, help="Caches bigger than this (at their stored size) are streamed shard by shard; smaller ones are held whole on the training device."),
@@ -116,11 +116,15 @@ def train(
     """Train the liquid backbone with rectified flow on a latent cache (no VAE in the loop)."""
     from liquidgen.pipeline.train import TrainConfig, train as run
 
+    try:
+        sizes = tuple(int(k) for k in kernels.split(",")) if kernels else None
+    except ValueError:
+        raise LiquidgenError(f"--kernels takes odd sizes separated by commas, e.g. 3,5,7 (got {kernels!r})") from None
     cfg = TrainConfig(
         cache=cache[0] if len(cache) == 1 else list(cache), mix=_weights(mix, len(cache)),
         out=str(out), model=model, batch_size=batch_size, steps=steps, lr=lr, warmup=warmup,
         resume=resume, cfc=cfc, relax=relax, global_path=global_path,
-        kernels=tuple(int(k) for k in kernels.split(",")) if kernels else None, grid=grid, head=head, ema=ema,
+        kernels=sizes, grid=grid, head=head, ema=ema,
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
         compile=compile, device=device,
@@ -149,7 +153,10 @@ def sample(
     """Generate images from a trained run's EMA weights: PNGs, a grid and the settings used."""
     from liquidgen.pipeline.sample import SampleConfig, sample as run_sample
 
-    lo, hi = (float(v) for v in guidance_interval.split(","))
+    try:
+        lo, hi = (float(v) for v in guidance_interval.split(","))
+    except ValueError:
+        raise LiquidgenError(f"--guidance-interval takes two numbers LO,HI, e.g. 0,0.75 (got {guidance_interval!r})") from None
     result = run_sample(SampleConfig(
         run=str(run), out=str(out), n=n, steps=steps, cfg_scale=cfg, guidance_interval=(lo, hi),
         class_name=class_name, sampler=sampler, seed=seed, batch_size=batch_size, latents_only=latents_only,

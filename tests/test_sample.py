@@ -25,7 +25,13 @@ def run(paintings40, tmp_path_factory):
 
 def test_sample_writes_pngs_grid_and_settings(run, tmp_path):
     result = sample(SampleConfig(run=str(run), out=str(tmp_path / "s"), n=5, steps=4, cfg_scale=2.0, batch_size=3))
-    assert len(result.images) == 5 and result.model_calls == 4  # 4 Euler steps, one call each
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler()
+    sched.set_timesteps(4)
+    guided = sum(0 <= float(t) / 1000 <= 0.75 for t in sched.timesteps)  # inside the guidance interval
+    assert 0 < guided < 4 and len(result.images) == 5
+    assert result.model_calls == 4 + guided  # 4 Euler steps; a guided one evaluates each image twice
     assert all(Image.open(p).size == (64, 64) for p in result.images)
     assert Image.open(result.grid).size[0] > 64
     assert (tmp_path / "s" / "settings.json").exists()

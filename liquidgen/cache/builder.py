@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from liquidgen.cache.lock import CacheLock
+from liquidgen.cache.lock import CacheLock, remove_stale
 from liquidgen.cache.manifest import FORMAT_VERSION, Manifest, Shard, Skipped, Source, entry_from_json, merge_stats, write_json_atomic
 from liquidgen.cache.shards import ShardData, dequantize, quantize, shard_files, write_shard
 from liquidgen.cache.store import CacheDir
@@ -110,6 +110,7 @@ class CacheBuilder:
         except OSError as exc:
             raise LiquidgenError(f"cannot create {self.cache.root}: {exc.strerror or exc}") from None
         self.lock.acquire()
+        remove_stale(self.cache.shards_dir)  # shards a killed run was writing when it died
         manifest = self.cache.manifest() if self.cache.exists() else wanted
         manifest.check_contract(wanted, str(self.cache.root))
         before = manifest.dumps() if manifest is not wanted else None

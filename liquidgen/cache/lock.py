@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +28,31 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|part)@(?P<host>[^@]+)@(?P<pid>\d+)(?:-\d+)?$")
+
+
+def temporary(final: Path, kind: str = "tmp") -> Path:
+    """A temporary name beside `final` that says who writes it (host, pid, thread), so that what
+    a killed writer leaves is recognised at the next start: `.<name>.<kind>@<host>@<pid>-<tid>`."""
+    return final.with_name(f".{final.name}.{kind}@{socket.gethostname()}@{os.getpid()}-{threading.get_ident()}")
+
+
+def remove_stale(folder: Path) -> int:
+    """Delete the temporaries in `folder` whose writer on this host is gone (a kill -9 between
+    writing and renaming); those of live writers and of other hosts stay. How many went."""
+    host, gone = socket.gethostname(), 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return 0
+    for path in entries:
+        m = _TEMP.match(path.name)
+        if m and m["host"] == host and not _alive(int(m["pid"])):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            gone += 1
+    return gone
 
 
 class CacheLock:

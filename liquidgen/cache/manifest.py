@@ -146,6 +146,16 @@ class Manifest:
                         f"{new[section][key]!r}; encode into a new --out folder instead"
                     )
 
+    def published(self) -> "Manifest":
+        """This manifest as it is shared: absolute local paths (a source folder or tar, a VAE
+        folder) become their last component, which names them without saying where they were
+        on the machine that pushed them."""
+        def name(value):
+            return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
+
+        sources = [dataclasses.replace(src, id=name(src.id)) for src in self.sources]
+        return dataclasses.replace(self, vae={**self.vae, "id": name(self.vae.get("id"))}, sources=sources)
+
     @property
     def nbytes(self) -> int:
         return sum(s.bytes for s in self.shards)

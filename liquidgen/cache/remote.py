@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from liquidgen.cache.lock import remove_stale, temporary
 from liquidgen.cache.manifest import MANIFEST, MAX_MANIFEST_BYTES, Manifest, Shard, parse_manifest
 from liquidgen.cache.shards import shard_digest, shard_files
 from liquidgen.cache.store import CacheDir, verify_cache
@@ -65,7 +66,7 @@ tags: [liquidgen, latents]
 ---
 # Latent cache: {Path(str(src.get('id', 'images'))).name} through {Path(vae['id']).name}
 
-{manifest.count} latents made by [liquidgen](https://github.com/) from `{src.get('id')}`
+{manifest.count} latents made by liquidgen (`pip install liquidgen`) from `{src.get('id')}`
 ({src.get('kind')}{', split ' + src['split'] if src.get('split') else ''}).
 
 | | |
@@ -114,8 +115,9 @@ def push(cache_dir: str, url: str, progress: bool = True) -> Transfer:
             sent += 1
             nbytes += shard.bytes
             bar.update(shard.bytes)
-        fs.pipe_file(_join(root, "README.md"), dataset_card(manifest).encode())
-        fs.pipe_file(_join(root, MANIFEST), manifest.dumps().encode())  # last
+        public = manifest.published()  # no absolute paths of this machine
+        fs.pipe_file(_join(root, "README.md"), dataset_card(public).encode())
+        fs.pipe_file(_join(root, MANIFEST), public.dumps().encode())  # last
     except Exception as exc:  # any backend's error type; markers make the rerun resume
         raise LiquidgenError(f"push to {url} failed ({exc.__class__.__name__}: {exc}); rerun to resume") from None
     finally:
@@ -157,7 +159,7 @@ def fetch_shard(url: str, shard: Shard, cache: CacheDir, on_bytes=lambda n: None
     if final.exists() and shard_digest(final) == (shard.sha256, shard.bytes):
         on_bytes(shard.bytes)
         return False
-    tmp = final.with_name(f".{final.name}.part{os.getpid()}-{threading.get_ident()}")
+    tmp = temporary(final, "part")
     got = 0
     # hashed as it arrives, in `shard_digest`'s order (sorted files, each prefixed by its path),
     # so the shard is not read back from disk to be checked
@@ -256,6 +258,7 @@ class RemoteShards:
         self.limit = None if limit_gb is None else int(limit_gb * 2**30)
         self.manifest = read_remote_manifest(url)
         self.cache = _open_local(url, folder or home_folder(url), self.manifest)
+        remove_stale(self.cache.shards_dir)  # downloads a killed run left half done
         self.entries = {s.name: s for s in self.manifest.shards}
         self.ready: set[str] = set()  # verified by this process
         self.kept: OrderedDict[str, int] = OrderedDict()  # on disk, least recently used first

@@ -24,6 +24,7 @@ from typing import IO
 import numpy as np
 import torch
 
+from liquidgen.cache.lock import temporary
 from liquidgen.errors import LiquidgenError
 
 DTYPES = ("fp16", "bf16", "fp32", "uint8")
@@ -120,7 +121,7 @@ def shard_digest(path: Path) -> tuple[str, int]:
 
 def write_shard(final: Path, data: ShardData, backend: str) -> tuple[str, int]:
     """Write to `.<name>.tmp`, checksum, rename into place. Returns (sha256, bytes)."""
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    tmp = temporary(final)
     _remove(tmp)
     try:
         if backend == "zarr":

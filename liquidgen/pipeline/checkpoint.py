@@ -39,6 +39,13 @@ def latest_checkpoint(run: Path) -> Path | None:
     return path if (path / "meta.json").exists() else None
 
 
+def remove_unfinished(run: Path) -> None:
+    """Checkpoints a killed run was writing (`.tmp-step-*`): called by the one process that
+    holds the run folder's lock, so nobody is writing them now."""
+    for tmp in checkpoint_dir(run).glob(".tmp-step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_checkpoint(run: Path, step: int, model: torch.nn.Module, ema: torch.nn.Module,
                     state: dict, keep: int = 2) -> Path:
     root = checkpoint_dir(run)

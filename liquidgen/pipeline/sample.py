@@ -48,8 +48,19 @@ def sample(cfg: SampleConfig) -> SampleResult:
 
     from safetensors.torch import save_file
 
+    import math
+
     if cfg.n < 1:
         raise LiquidgenError(f"--n must be at least 1 (got {cfg.n})")
+    if cfg.steps < 1:
+        raise LiquidgenError(f"--steps must be at least 1 (got {cfg.steps}): with none, the image is the noise")
+    if cfg.batch_size < 1:
+        raise LiquidgenError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
+    if not (math.isfinite(cfg.cfg_scale) and cfg.cfg_scale >= 0):
+        raise LiquidgenError(f"--cfg must be a finite number of at least 0 (got {cfg.cfg_scale})")
+    lo, hi = cfg.guidance_interval
+    if not (0 <= lo <= hi <= 1):
+        raise LiquidgenError(f"--guidance-interval must be LO,HI with 0 <= LO <= HI <= 1 (got {lo},{hi})")
     if cfg.sampler not in ("euler", "heun"):
         raise LiquidgenError(f"--sampler {cfg.sampler!r} is not one of euler, heun")
     device = resolve_device(cfg.device)

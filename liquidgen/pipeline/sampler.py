@@ -28,7 +28,8 @@ def sample_latents(
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, int]:
-    """Normalized latents (n, *shape) and the number of model calls it took. `sampler` is
+    """Normalized latents (n, *shape) and the model evaluations it took per image (a guided
+    step is two). `sampler` is
     "euler", "heun", or a diffusers flow-matching scheduler whose config is used."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
@@ -48,9 +49,10 @@ def sample_latents(
         if null is not None and lo <= float(sigma[0]) <= hi:
             v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([labels, null])).chunk(2)
             v = v_uncond + cfg_scale * (v_cond - v_uncond)
+            calls += 2  # each image went through the model twice: with its class and without
         else:
             v = model(x, sigma, labels)
-        calls += 1
+            calls += 1
         x = scheduler.step(v.float(), t, x).prev_sample
     return x, calls
 

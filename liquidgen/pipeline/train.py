@@ -43,14 +43,14 @@ class TrainConfig:
     batch_size: int = 256
     steps: int = 100_000
     lr: float = 2e-4
-    warmup: int = 1000
+    warmup: int | None = None  # None: min(1000, steps // 10), so a short run leaves warmup
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema: float = 0.999
     class_dropout: float = 0.1
     log_every: int = 50
-    ckpt_every: int = 2000
-    preview_every: int | None = None  # None: with every checkpoint; 0: never
+    ckpt_every: int | None = None  # None: min(2000, steps // 10), so a run stopped early keeps one
+    preview_every: int | None = None  # None: min(2000, steps // 4); 0: never
     preview_n: int = 16
     preview_steps: int = 25
     cfg_scale: float = 2.0
@@ -63,6 +63,35 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Defaults that follow --steps, then every value checked, before anything is written."""
+        if isinstance(self.steps, int) and self.steps >= 1:
+            self.warmup = min(1000, self.steps // 10) if self.warmup is None else self.warmup
+            self.ckpt_every = max(1, min(2000, self.steps // 10)) if self.ckpt_every is None else self.ckpt_every
+            self.preview_every = max(1, min(2000, self.steps // 4)) if self.preview_every is None else self.preview_every
+        at_least = {"batch_size": 1, "steps": 1, "warmup": 0, "log_every": 1, "ckpt_every": 1, "preview_every": 0,
+                    "preview_n": 1, "preview_steps": 1, "seed": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise LiquidgenError(f"--{name.replace('_', '-')} must be a whole number of at least {low} (got {value!r})")
+        ranges = {"lr": (0, None), "weight_decay": (0, None), "grad_clip": (0, None), "ema": (0, 1),
+                  "class_dropout": (0, 1), "cfg_scale": (0, None), "memory_limit_gb": (0, None)}
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and value >= low and (high is None or value < high)
+            if not ok or (name in ("lr", "grad_clip") and value == 0):
+                bound = f"in [{low}, {high})" if high is not None else ("above 0" if name in ("lr", "grad_clip") else f"at least {low}")
+                raise LiquidgenError(f"--{name.replace('_', '-')} must be a finite number {bound} (got {value!r})")
+        if self.cfc is not None and self.cfc not in ("paper", "timegate", "static"):
+            raise LiquidgenError(f"--cfc {self.cfc!r} is not one of paper, timegate, static")
+        if self.head is not None and self.head not in ("ada", "gn"):
+            raise LiquidgenError(f"--head {self.head!r} is not one of ada, gn")
+        if self.kernels is not None and (not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels)):
+            raise LiquidgenError(f"--kernels must be odd sizes of at least 1, e.g. 3,5,7 (got {self.kernels})")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise LiquidgenError(f"--device {self.device!r} is not one of auto, cpu, cuda")
 
 
 @dataclass
@@ -139,6 +168,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         except OSError as exc:
             raise LiquidgenError(f"cannot create {run}: {exc.strerror or exc}") from None
         lock = CacheLock(run).acquire()
+        ckpt.remove_unfinished(run)
     try:
         return _train(cfg)
     finally:
@@ -219,7 +249,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         accelerator.print(f"{cfg.model}: {params / 1e6:.2f}M parameters, {data.count} latents "
                           f"{'x'.join(map(str, data.shape))}, {data.num_classes or 'no'} classes, "
                           f"{world} process(es), {type(data).__name__}")
-    preview_every = cfg.ckpt_every if cfg.preview_every is None else cfg.preview_every
+    preview_every = cfg.preview_every
     result = TrainResult(run, start_step, parameters=params)
     step, t0, log_t0, log_loss, log_n = start_step, time.time(), time.time(), torch.zeros((), device=device), 0
     bar = tqdm(total=cfg.steps, initial=start_step, unit="step", disable=not (cfg.progress and accelerator.is_local_main_process))

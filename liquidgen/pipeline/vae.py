@@ -9,6 +9,7 @@ same model back.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,9 +145,41 @@ class FrozenVae(nn.Module):
         return next(self.parameters()).device
 
 
-def _diffusers_model(path_or_id: str, subfolder: str | None):
+def _hub_unreachable(repo: str) -> str | None:
+    """Why the Hub cannot be asked about `repo` (offline mode, no connection), or None when it
+    answered, whatever it said (a gated or missing repo is reported by the loader)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        HfApi().model_info(repo, timeout=10)
+    except HfHubHTTPError:
+        return None
+    except Exception as exc:  # DNS, refused, timed out: any client's connection error
+        return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:120]
+    return None
+
+
+def _diffusers_model(path_or_id: str, subfolder: str | None, name: str | None = None):
     import diffusers
 
+    if not Path(path_or_id).expanduser().exists():
+        # From the local Hugging Face cache if it is there; if not, ask the Hub once, quickly,
+        # instead of letting the loader retry for a minute when there is no network.
+        try:
+            with warnings.catch_warnings():  # its deprecation notices are not the user's business
+                warnings.simplefilter("ignore")
+                return diffusers.AutoModel.from_pretrained(path_or_id, subfolder=subfolder, local_files_only=True)
+        except (OSError, ValueError, EnvironmentError):
+            pass
+        why = _hub_unreachable(path_or_id)
+        if why:
+            raise LiquidgenError(
+                f"cannot reach the Hugging Face Hub for {name or path_or_id!r} ({path_or_id}; {why}) and it is not "
+                "in the local Hugging Face cache; pass a local --vae folder, or --vae taef2 (shipped with liquidgen)"
+            )
     try:
         model = diffusers.AutoModel.from_pretrained(path_or_id, subfolder=subfolder)
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -228,7 +261,8 @@ def load_vae(
                 f"unknown VAE '{spec}': not a preset ({', '.join(VAE_PRESETS)}), not an existing "
                 "folder, not a Hub id of the form ORG/NAME"
             )
-        model = _diffusers_model(str(local) if local.exists() else spec, subfolder)
+        model = _diffusers_model(str(local) if local.exists() else spec, subfolder,
+                                 name=next((k for k, v in VAE_PRESETS.items() if v is preset), None))
         vae = FrozenVae(_info_from_diffusers(model, vae_id, subfolder), model=model)
     return vae.to(device=device, dtype=_pick_dtype(dtype, device))
 
