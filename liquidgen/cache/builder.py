@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -112,6 +113,12 @@ class CacheBuilder:
         self.lock.acquire()
         remove_stale(self.cache.shards_dir)  # shards a killed run was writing when it died
         manifest = self.cache.manifest() if self.cache.exists() else wanted
+        if manifest is not wanted and manifest.count == 0 and not any(r.shard.count for r in records(self.cache.root).values()):
+            # no latent was ever published here (a run that failed at once, or every input skipped):
+            # a new command, whatever its settings, starts over instead of being refused
+            for folder in (self.cache.shards_dir, self.cache.parts_dir):
+                shutil.rmtree(folder, ignore_errors=True)
+            manifest = wanted
         manifest.check_contract(wanted, str(self.cache.root))
         before = manifest.dumps() if manifest is not wanted else None
         if wanted.storage.dtype == "uint8" and not manifest.storage.quant and calibrate:
@@ -332,7 +339,7 @@ def upgrade(root, progress: bool = True) -> int:
         new_dir.mkdir()
         upgraded = dataclasses.replace(manifest, format_version=FORMAT_VERSION, shards=[])
         for shard in tqdm(manifest.shards, desc=f"upgrade {cache.root.name}", unit="shard", disable=not progress):
-            data = read_shard(cache.shard_path(shard.name), manifest.storage.backend)
+            data = read_shard(cache.shard_path(shard.name), manifest.storage.backend, expect=manifest.expect(shard))
             path = new_dir / shard.name
             sha, size = write_shard(path, data, manifest.storage.backend)
             upgraded.shards.append(dataclasses.replace(shard, sha256=sha, bytes=size, files=shard_files(path)))
@@ -349,7 +356,5 @@ def upgrade(root, progress: bool = True) -> int:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     if path.is_dir():
         shutil.rmtree(path)

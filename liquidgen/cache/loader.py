@@ -30,7 +30,7 @@ import torch
 from liquidgen.cache.remote import RemoteShards
 from liquidgen.cache.latents import TORCH_STORED, LatentSpace
 from liquidgen.cache.manifest import merge_stats
-from liquidgen.cache.store import CacheDir, require_complete
+from liquidgen.cache.store import CacheDir, Verified, require_complete
 from liquidgen.errors import LiquidgenError
 
 
@@ -46,6 +46,7 @@ class _Base:
         self.cache = remote.cache if remote else CacheDir(root)
         self.manifest = remote.manifest if remote else require_complete(root)
         self.location = remote.url if remote else str(self.cache.root.resolve())
+        self.verified = Verified(self.cache, self.manifest)  # every shard checked against the manifest
         self.device = torch.device(device)
         self.space = LatentSpace.from_manifest(self.manifest, self.device)
         st = self.manifest.storage
@@ -66,7 +67,7 @@ class _Base:
         if self.remote:
             self.remote.ensure(name)
         try:
-            return self.cache.read(name, self.backend, into)
+            return self.verified.read(name, into)
         finally:
             if self.remote:
                 self.remote.release(name)
@@ -83,8 +84,6 @@ class _Base:
         if flp is not None:
             into["flipped"] = stored_numpy(flp)
         data = self._read(name, into)
-        if len(data.labels) != len(lab):
-            raise LiquidgenError(f"{self.location}: shard {name} holds {len(data.labels)} latents, its manifest says {len(lab)}")
         lab.copy_(torch.from_numpy(data.labels.astype(np.int64)))
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -23,12 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from liquidgen.cache.shards import DTYPES, SUFFIX, Expect
 from liquidgen.errors import LiquidgenError
 
 FORMAT_VERSION = 2  # 2: each array of a shard stored whole (shards.py); 1 still reads
 READABLE = (1, 2)
 MANIFEST = "manifest.json"
-MAX_MANIFEST_BYTES = 256 * 2**20  # a manifest is metadata; anything this big is not one
+MAX_MANIFEST_BYTES = 64 * 2**20  # metadata: 10^8 latents in shards of 1,024 take ~30 MB
+MAX_EMPTY_SHARDS = 1024  # shards holding nothing and naming no skipped input (empty input files)
+STORED = ("mean", "sample", "moments")
+FLIPS = ("none", "both")
 
 
 @dataclass
@@ -119,7 +123,41 @@ class Manifest:
             for rel in shard.files:
                 if rel.startswith("/") or ".." in rel.split("/") or "\\" in rel:
                     raise LiquidgenError(f"{where} is malformed: shard {shard.name} names the file {rel!r}")
+        manifest._check_bounds(where)
         return manifest
+
+    def _check_bounds(self, where: str) -> None:
+        """Values a reader would size memory or loops by, checked against each other: a manifest
+        that lies about them is refused here, before any shard is touched."""
+        st = self.storage
+        for name, value, allowed in (("backend", st.backend, tuple(SUFFIX)), ("dtype", st.dtype, DTYPES),
+                                     ("stored", st.stored, STORED), ("flip", st.flip, FLIPS)):
+            if value not in allowed:
+                raise LiquidgenError(f"{where} is malformed: storage.{name} {value!r} is not one of {', '.join(allowed)}")
+        if len(st.latent_shape) != 3 or not all(1 <= d <= 65536 for d in st.latent_shape) \
+                or math.prod(st.latent_shape) > 2**28:
+            raise LiquidgenError(f"{where} is malformed: storage.latent_shape {st.latent_shape} is not a latent's (C, h, w)")
+        if st.shard_size < 1:
+            raise LiquidgenError(f"{where} is malformed: storage.shard_size {st.shard_size} is below 1")
+        if not 0 <= self.count <= 2**40:
+            raise LiquidgenError(f"{where} is malformed: count {self.count} is out of range")
+        if self.complete and sum(s.count for s in self.shards) != self.count:
+            raise LiquidgenError(f"{where} is malformed: its shards hold {sum(s.count for s in self.shards)} latents "
+                                 f"but it says count {self.count}")
+        named = {s.shard for s in self.skipped}
+        empty = sum(1 for s in self.shards if s.count == 0 and s.name not in named)
+        if empty > MAX_EMPTY_SHARDS:
+            raise LiquidgenError(f"{where} is malformed: it lists {empty} shards that hold nothing")
+        if len({s.name for s in self.shards}) != len(self.shards):
+            raise LiquidgenError(f"{where} is malformed: a shard is listed twice")
+        if len(self.label_names) > 2**20 or not all(isinstance(n, str) for n in self.label_names):
+            raise LiquidgenError(f"{where} is malformed: label_names is not a list of names")
+
+    def expect(self, shard: Shard) -> Expect:
+        """What this manifest promises `shard` holds, for the reader to check (shards.Expect)."""
+        st = self.storage
+        return Expect(count=shard.count, latent_shape=tuple(st.latent_shape), dtype=st.dtype, flipped=st.flip == "both",
+                      classes=len(self.label_names), nbytes=shard.bytes)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

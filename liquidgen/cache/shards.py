@@ -52,6 +52,61 @@ class ShardData:
         return out
 
 
+@dataclass(frozen=True)
+class Expect:
+    """What a cache's manifest promises one shard holds. A reader given it refuses a shard that
+    says otherwise, and checks sizes before it reads, so a shard cannot make it allocate more
+    than the manifest declared."""
+
+    count: int
+    latent_shape: tuple[int, ...]
+    dtype: str  # the storage dtype's name (DTYPES)
+    flipped: bool  # a `flipped` array must be there
+    classes: int  # labels lie in [-1, classes): -1 is "no label"; any when the cache names no classes
+    nbytes: int  # the shard's size on disk
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return (self.count, *self.latent_shape) if name in ("latents", "flipped") else (self.count,)
+
+    def check(self, data: "ShardData", where: str) -> None:
+        """Shape, dtype, count and label range of what was read (cheap: no pass over the latents)."""
+        want = np.dtype(NUMPY_DTYPE[self.dtype])
+        for name in ("latents", "flipped"):
+            arr = getattr(data, name)
+            if arr is None:
+                if name == "latents" or self.flipped:
+                    raise LiquidgenError(f"{where}: has no {name} array, its manifest says it has")
+                continue
+            if tuple(arr.shape) != self.shape(name) or arr.dtype != want:
+                raise LiquidgenError(f"{where}: its {name} are {tuple(arr.shape)} {arr.dtype}, its manifest says "
+                                     f"{self.shape(name)} {want}")
+        if len(data.labels) != self.count:
+            raise LiquidgenError(f"{where}: holds {len(data.labels)} latents, its manifest says {self.count}")
+        # without label names the labels are a source's own numbers, unused by training
+        top = self.classes if self.classes else np.iinfo(np.int32).max
+        if len(data.labels) and (data.labels.min() < -1 or data.labels.max() >= top):
+            bad = int(data.labels.max() if data.labels.max() >= top else data.labels.min())
+            raise LiquidgenError(f"{where}: holds label {bad}, outside the {self.classes} classes its manifest names")
+
+
+def check_finite(data: ShardData, dtype: str, where: str) -> None:
+    """Every stored float is finite (one pass over the shard; done once per shard and remembered,
+    see store.py). uint8 codes are finite by construction."""
+    if dtype == "uint8":
+        return
+    for name in ("latents", "flipped"):
+        arr = getattr(data, name)
+        if arr is None:
+            continue
+        if dtype == "bf16":  # bf16 bits in uint16: all-ones exponent is inf or nan
+            bad = bool(np.any((arr & 0x7F80) == 0x7F80))
+        else:
+            bad = not bool(np.isfinite(arr).all())
+        if bad:
+            raise LiquidgenError(f"{where}: its {name} hold NaN or infinite values; the cache is damaged "
+                                 "(re-encode it, or fetch it again)")
+
+
 # -- dtype conversion --------------------------------------------------------------------------
 
 def quantize(x: np.ndarray, dtype: str, quant: dict | None = None) -> np.ndarray:
@@ -178,15 +233,20 @@ def _write_tar(path: Path, data: ShardData) -> None:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def read_shard(path: Path, backend: str, into: dict[str, np.ndarray] | None = None) -> ShardData:
+def read_shard(path: Path, backend: str, into: dict[str, np.ndarray] | None = None,
+               expect: Expect | None = None) -> ShardData:
     """A shard's arrays. With `into` ({"latents": array, "flipped": array}), those arrays are
     filled where they lie (one read straight into a caller's buffer, e.g. the resident cache)
-    and returned as the shard's; they must have the shard's exact shape and stored dtype."""
+    and returned as the shard's; they must have the shard's exact shape and stored dtype.
+    With `expect`, the shard's size on disk and every array's declared shape and dtype are
+    checked before anything is read, and what was read is checked after (`Expect.check`)."""
     try:
+        if expect is not None:
+            check_on_disk(path, backend, expect)
         if backend == "zarr":
-            data = _read_zarr(path, into or {})
+            data = _read_zarr(path, into or {}, expect)
         else:
-            data = _read_tar_blocks(path, into or {}) or read_tar(open(path, "rb"), str(path))
+            data = _read_tar_blocks(path, into or {}, expect) or read_tar(open(path, "rb"), str(path))
         for name, out in (into or {}).items():
             got = getattr(data, name)
             if got is not out:  # a layout read whole first (format 1): copied over once
@@ -194,6 +254,8 @@ def read_shard(path: Path, backend: str, into: dict[str, np.ndarray] | None = No
                     raise LiquidgenError(f"{path}: its {name} are {None if got is None else got.shape}, expected {out.shape}")
                 out[...] = got
                 setattr(data, name, out)
+        if expect is not None:
+            expect.check(data, str(path))
         return data
     except LiquidgenError:
         raise
@@ -201,13 +263,38 @@ def read_shard(path: Path, backend: str, into: dict[str, np.ndarray] | None = No
         raise LiquidgenError(f"cannot read shard {path}: {exc.__class__.__name__}: {str(exc)[:200]}") from None
 
 
-def _read_tar_blocks(path: Path, into: dict[str, np.ndarray]) -> ShardData | None:
+def check_on_disk(path: Path, backend: str, expect: Expect) -> None:
+    """The shard is what its manifest says on disk: a file (tar) or a folder of files (Zarr), of
+    the declared size. A lying header cannot then make a reader read more than that."""
+    if backend == "wds" and not path.is_file() or backend == "zarr" and not path.is_dir():
+        what = "missing" if not path.exists() else "a folder" if path.is_dir() else "not a folder"
+        raise LiquidgenError(f"{path}: the shard is {what}; run `liquidgen cache verify` on the cache")
+    size = path.stat().st_size if backend == "wds" else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    if size != expect.nbytes:
+        raise LiquidgenError(f"{path}: the shard is {size} bytes, its manifest says {expect.nbytes} (damaged or replaced: "
+                             "run `liquidgen cache verify`)")
+
+
+def _declared(name: str, shape, dtype, expect: Expect | None, where: str) -> None:
+    """An array's header (shape, dtype) against the manifest, before its data is read."""
+    if expect is None or name not in ("latents", "flipped", "labels", "indices"):
+        return
+    if tuple(shape) != expect.shape(name):
+        raise LiquidgenError(f"{where}: declares its {name} {tuple(shape)}, its manifest says {expect.shape(name)}")
+    if name in ("latents", "flipped") and np.dtype(dtype) != np.dtype(NUMPY_DTYPE[expect.dtype]):
+        raise LiquidgenError(f"{where}: declares its {name} {np.dtype(dtype)}, its manifest says {expect.dtype}")
+
+
+def _read_tar_blocks(path: Path, into: dict[str, np.ndarray], expect: Expect | None = None) -> ShardData | None:
     """A shard tar of whole-array members, each read straight into its array by offset; None
     for a tar of one member per latent (caches of format 1), which `read_tar` streams."""
     where = str(path)
     with open(path, "rb") as fh:
         with tarfile.open(fileobj=fh, mode="r:") as tar:
-            members = {m.name: m for m in tar.getmembers()}
+            listed = tar.getmembers()
+            members = {m.name: m for m in listed}
+            if len(members) != len(listed):
+                raise LiquidgenError(f"{where}: a member name appears twice in the tar; refusing to guess which is meant")
             for name, member in members.items():
                 _check_member(member, where)
             if "shard.latents.npy" not in members:
@@ -218,11 +305,11 @@ def _read_tar_blocks(path: Path, into: dict[str, np.ndarray]) -> ShardData | Non
             member = members.get(f"shard.{name}.npy")
             if member is not None:
                 fh.seek(member.offset_data)
-                arrays[name] = _read_npy(fh, member.size, where, into.get(name))
+                arrays[name] = _read_npy(fh, member.size, where, into.get(name), lambda shape, dtype, n=name: _declared(n, shape, dtype, expect, where))
     return _block_data(arrays, keys, where)
 
 
-def _read_npy(fh, size: int, where: str, out: np.ndarray | None = None) -> np.ndarray:
+def _read_npy(fh, size: int, where: str, out: np.ndarray | None = None, declared=None) -> np.ndarray:
     """An .npy member read with one `fromfile`, refusing object arrays and headers that promise
     more (or less) data than the member holds."""
     start = fh.tell()
@@ -238,6 +325,8 @@ def _read_npy(fh, size: int, where: str, out: np.ndarray | None = None) -> np.nd
     count = int(np.prod(shape))
     if fh.tell() - start + count * dtype.itemsize != size:
         raise LiquidgenError(f"{where}: an .npy member's header says {shape} {dtype}, its size says otherwise")
+    if declared is not None:
+        declared(shape, dtype)
     return _fill(fh, dtype, shape, out, where)
 
 
@@ -283,13 +372,13 @@ def _check_member(member: tarfile.TarInfo, where: str) -> None:
         raise LiquidgenError(f"{where}: tar member {name!r} is {member.size} bytes, too large")
 
 
-def _read_zarr(path: Path, into: dict[str, np.ndarray]) -> ShardData:
+def _read_zarr(path: Path, into: dict[str, np.ndarray], expect: Expect | None = None) -> ShardData:
     try:
         group = json.loads((path / "zarr.json").read_text())
         keys = group["attributes"]["keys"]
     except (OSError, ValueError, KeyError, TypeError):
         raise LiquidgenError(f"cannot read shard {path}: no Zarr group metadata with its keys") from None
-    arrays = {name: _read_zarr_array(path / name, into.get(name)) for name in ("latents", "flipped", "labels", "indices")
+    arrays = {name: _read_zarr_array(path / name, into.get(name), expect, name) for name in ("latents", "flipped", "labels", "indices")
               if (path / name / "zarr.json").exists()}
     if "latents" not in arrays:
         raise LiquidgenError(f"cannot read shard {path}: it has no latents array")
@@ -300,9 +389,11 @@ _ZARR_DTYPES = {"float16": "<f2", "float32": "<f4", "uint16": "<u2", "uint8": "u
 _WHOLE = ([{"name": "bytes", "configuration": {"endian": "little"}}], {"name": "default", "configuration": {"separator": "/"}})
 
 
-def _read_zarr_array(path: Path, out: np.ndarray | None = None) -> np.ndarray:
+def _read_zarr_array(path: Path, out: np.ndarray | None = None, expect: Expect | None = None,
+                     name: str = "") -> np.ndarray:
     """An array as format 2 stores it (one chunk, `bytes` codec, little-endian: by the Zarr v3
-    spec its chunk file is the raw array) read with one `fromfile`; any other array through zarr."""
+    spec its chunk file is the raw array) read with one `fromfile`; any other array through zarr,
+    its declared shape checked first (compressed chunks decode to what the metadata declares)."""
     meta = json.loads((path / "zarr.json").read_text())
     shape, dtype = meta.get("shape"), _ZARR_DTYPES.get(meta.get("data_type"))
     chunk_shape = ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape")
@@ -310,7 +401,12 @@ def _read_zarr_array(path: Path, out: np.ndarray | None = None) -> np.ndarray:
             or meta.get("storage_transformers") or not isinstance(shape, list):
         import zarr
 
-        return zarr.open_array(zarr.storage.LocalStore(str(path), read_only=True), mode="r")[...]
+        array = zarr.open_array(zarr.storage.LocalStore(str(path), read_only=True), mode="r")
+        _declared(name, array.shape, array.dtype, expect, str(path))
+        if expect is not None and np.prod(array.chunks) > 2 * np.prod(expect.shape(name)) + 1:
+            raise LiquidgenError(f"{path}: declares chunks of {array.chunks}, larger than its manifest's arrays")
+        return array[...]
+    _declared(name, shape, dtype, expect, str(path))
     count, chunk = int(np.prod(shape)), path.joinpath("c", *["0"] * len(shape))
     if not chunk.exists():  # zarr does not write a chunk that is all fill value
         return np.full(shape, meta.get("fill_value", 0), np.dtype(dtype))
@@ -328,7 +424,9 @@ def read_tar(fileobj: IO[bytes], where: str) -> ShardData:
         for member in tar:
             _check_member(member, where)
             key, _, ext = member.name.partition(".")
-            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            if ext in samples.setdefault(key, {}):
+                raise LiquidgenError(f"{where}: the member {member.name!r} appears twice in the tar; refusing to guess which is meant")
+            samples[key][ext] = tar.extractfile(member).read()
     if "latents.npy" in samples.get("shard", {}):  # whole arrays
         block = samples["shard"]
         arrays = {name: _load_npy(block[f"{name}.npy"]) for name in ("latents", "flipped", "labels", "indices")

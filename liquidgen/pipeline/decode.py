@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liquidgen.checks import one_of, whole
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.images import image_grid, save_images
@@ -25,11 +26,19 @@ class DecodeConfig:
     batch_size: int = 16
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        whole(self, limit=1, batch_size=1)
+        one_of(self, device=("auto", "cpu", "cuda"))
+
 
 def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) -> torch.Tensor:
     """Raw (unnormalized) latents -> RGB in [0, 1], with the VAE loaded now and dropped after."""
     from liquidgen.pipeline.vae import load_vae
 
+    if not torch.isfinite(raw).all():
+        bad = int((~torch.isfinite(raw)).flatten(1).any(1).sum())
+        raise LiquidgenError(f"{bad} of the {len(raw)} latents hold NaN or infinite values: nothing to decode "
+                             "(a model that diverged, or a damaged file)")
     vae = load_vae(vae_spec, device=device)
     if raw.shape[1] != vae.latent_channels:
         raise LiquidgenError(f"the latents have {raw.shape[1]} channels but the VAE {vae.info['id']} "
@@ -42,14 +51,14 @@ def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) ->
 
 def _from_cache(cfg: DecodeConfig) -> tuple[torch.Tensor, dict, list[str]]:
     from liquidgen.cache.latents import LatentSpace
-    from liquidgen.cache.store import CacheDir, require_complete
+    from liquidgen.cache.store import CacheDir, Verified, require_complete
 
     manifest = require_complete(cfg.source)
-    cache, space = CacheDir(cfg.source), LatentSpace.from_manifest(manifest)
+    cache, space = Verified(CacheDir(cfg.source), manifest), LatentSpace.from_manifest(manifest)
     wanted = set(cfg.keys or [])
     lat, keys = [], []
     for shard in manifest.shards:
-        data = cache.read(shard.name, manifest.storage.backend)
+        data = cache.read(shard.name)
         for i, key in enumerate(data.keys):
             if (wanted and key in wanted) or (not wanted and len(keys) < (cfg.limit or len(data.keys) + len(keys))):
                 lat.append(space.raw(space.stored_tensor(data.latents[i : i + 1])))  # the mean, for moments
@@ -62,6 +71,8 @@ def _from_cache(cfg: DecodeConfig) -> tuple[torch.Tensor, dict, list[str]]:
 
 
 def decode(cfg: DecodeConfig) -> list[Path]:
+    if Path(cfg.out).is_file():
+        raise LiquidgenError(f"--out {cfg.out} is a file; decode writes a folder of images there")
     device = resolve_device(cfg.device)
     src = Path(cfg.source)
     if src.is_dir():
