@@ -9,9 +9,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from liquidgen.errors import LiquidgenError
+from liquidgen.errors import LiquidgenError, printable
 
 app = typer.Typer(
     help="Train small attention-free liquid (CfC) image generators on cached VAE latents.\n\n"
@@ -130,6 +131,12 @@ def train(
         compile=compile, device=device,
     )
     result = run(cfg)
+    if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would
+        err.print(f"{result.stopped_by}: stopped at step {result.step}, checkpoint saved in {out}/checkpoints; "
+                  "rerun the same command with --resume to continue")
+        import signal
+
+        raise typer.Exit(128 + signal.Signals[result.stopped_by].value)
     console.print(f"{out}: step {result.step} in {result.seconds:.0f}s; checkpoints in {out}/checkpoints, "
                   f"metrics in {out}/metrics.jsonl" + (f", previews in {out}/previews" if result.previews else ""))
 
@@ -324,13 +331,15 @@ def cache_upgrade(cache: Path = typer.Argument(..., help="Cache folder.")) -> No
 
 @cache_app.command("verify")
 def cache_verify(cache: Path = typer.Argument(..., help="Cache folder.")) -> None:
-    """Check every shard against the manifest (size and sha256); exit 1 naming each bad shard."""
+    """Check every shard against the manifest (size, sha256, shapes, dtype, labels, finite values); exit 1 naming the bad shards."""
     from liquidgen.cache.store import verify_cache
 
     manifest, problems = verify_cache(cache)
     if problems:
-        for p in problems:
-            err.print(f"[red]bad[/red] {cache}: {p}")
+        for p in problems[:20]:  # a manifest of a million bad shards is not a million lines
+            err.print(f"[red]bad[/red] {cache}: {escape(printable(p))}")
+        if len(problems) > 20:
+            err.print(f"[red]bad[/red] {cache}: ... and {len(problems) - 20} more shards")
         raise typer.Exit(1)
     console.print(f"{cache}: {len(manifest.shards)} shards, {manifest.count} latents, all checksums match")
 
@@ -362,10 +371,26 @@ def cache_pull(
 
 def main() -> None:
     """Entry point: user errors print one line and exit 1; Ctrl-C exits 130 keeping finished shards."""
+    try:  # recent typer carries its own copy of click
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except UsageError as exc:  # a wrong type, a missing or unknown option: one line too
+        names, ctx = [], exc.ctx
+        while ctx is not None and ctx.parent is not None:  # the subcommands, whatever the program was called
+            names, ctx = [ctx.info_name, *names], ctx.parent
+        where = " ".join(["liquidgen", *names, "--help"])
+        err.print(f"[red]error:[/red] {escape(printable(exc.format_message()))} (see {where})", highlight=False,
+                  soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-C while click itself reads input
+        sys.exit(130)
     except LiquidgenError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted: finished shards are kept; rerun the same command to resume")

@@ -86,7 +86,7 @@ def test_sample_refusals(run, tmp_path):
     result = run_cli("sample", "--run", str(run), "--class", "Cubism", "--out", str(tmp_path / "x"))
     assert result.returncode == 1 and "known classes: Baroque, Rococo" in result.stderr
     assert "Traceback" not in result.stderr
-    with pytest.raises(LiquidgenError, match="--n must be at least 1"):
+    with pytest.raises(LiquidgenError, match="--n must be a whole number of at least 1"):
         sample(SampleConfig(run=str(run), out=str(tmp_path / "x"), n=0))
     with pytest.raises(LiquidgenError, match="not a liquidgen run"):
         sample(SampleConfig(run=str(tmp_path), out=str(tmp_path / "x")))

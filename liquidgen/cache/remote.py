@@ -227,6 +227,8 @@ def _open_local(url: str, cache_dir: str | Path, manifest: Manifest) -> CacheDir
 
 
 def pull(url: str, cache_dir: str, workers: int = 8, progress: bool = True) -> Transfer:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise LiquidgenError(f"--workers must be a whole number of at least 1 (got {workers!r})")
     manifest = read_remote_manifest(url)
     cache = _open_local(url, cache_dir, manifest)
     bar = tqdm(total=sum(s.bytes for s in manifest.shards), unit="B", unit_scale=True,

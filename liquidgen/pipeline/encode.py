@@ -22,10 +22,14 @@ from tqdm.auto import tqdm
 from liquidgen.cache.builder import CacheBuilder
 from liquidgen.cache.manifest import Manifest, Storage
 from liquidgen.cache.shards import DTYPES, calibrate_uint8
-from liquidgen.errors import LiquidgenError
+from liquidgen.checks import whole
+from liquidgen.errors import LiquidgenError, printable
 from liquidgen.pipeline.images import Preprocess, load_image
 from liquidgen.pipeline.sources import ImageSource, Piece, open_source
 from liquidgen.pipeline.vae import STORE_CHOICES, FrozenVae, load_vae
+
+
+MAX_RESOLUTION = 8192  # a latent of 1024x1024x32: past this one image fills a batch's memory
 
 
 @dataclass
@@ -57,10 +61,14 @@ class EncodeConfig:
         for name in ("batch_size", "shard_size", "resolution"):
             if getattr(self, name) < 1:
                 raise LiquidgenError(f"--{name.replace('_', '-')} must be positive")
+        if self.resolution > MAX_RESOLUTION:
+            raise LiquidgenError(f"--resolution {self.resolution} is above {MAX_RESOLUTION}: one image's latent would not "
+                                 "fit a batch in memory")
         if self.workers < 0:
             raise LiquidgenError("--workers must be 0 (decode in this process) or more")
         if self.limit is not None and self.limit < 1:
             raise LiquidgenError("--limit must be at least 1 (leave it out to encode everything)")
+        whole(self, seed=0)
 
 
 @dataclass
@@ -221,7 +229,7 @@ def _encode_pieces(cfg: EncodeConfig, source: ImageSource, pieces: list[Piece], 
             for key, reason in batch["bad"]:
                 builder.skip(piece, src, key, reason)
                 if skipped < 5:
-                    bar.write(f"skipped {key!r}: {reason}")
+                    bar.write(f"skipped {key!r}: {printable(reason)}")
                 skipped += 1
             encoded += len(batch["position"])
             if batch["end"] is not None:

@@ -12,11 +12,13 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from liquidgen.checks import finite, one_of, whole
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.eval.metrics import compare
@@ -36,6 +38,12 @@ class EvalConfig:
     batch_size: int = 64
     out: str | None = None  # default: <run>/eval.json
     device: str = "auto"
+    FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg"}
+
+    def __post_init__(self) -> None:
+        whole(self, n=2, steps=1, seed=0, batch_size=1)
+        finite(self, cfg_scale=(0, None))
+        one_of(self, device=("auto", "cpu", "cuda"))
 
 
 def _real_images(cache: str, n: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,8 +87,6 @@ def _loss_per_bin(model, x0: torch.Tensor, labels, bins: int = 5, seed: int = 0,
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    if cfg.n < 2:
-        raise LiquidgenError("--n must be at least 2")
     device = resolve_device(cfg.device)
     t0 = time.time()
     model, config, path = load_run(cfg.run, device=device)

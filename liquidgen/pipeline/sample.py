@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from liquidgen.checks import finite, one_of, whole
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.checkpoint import load_run
@@ -30,6 +32,15 @@ class SampleConfig:
     latents_only: bool = False
     checkpoint: str | None = None  # a step-XXXXXXX folder name; default the latest
     device: str = "auto"
+    FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg", "class_name": "--class"}
+
+    def __post_init__(self) -> None:
+        whole(self, n=1, steps=1, seed=0, batch_size=1)
+        finite(self, cfg_scale=(0, None))
+        one_of(self, sampler=("euler", "heun"), device=("auto", "cpu", "cuda"))
+        lo, hi = self.guidance_interval
+        if not (0 <= lo <= hi <= 1):
+            raise LiquidgenError(f"--guidance-interval must be LO,HI with 0 <= LO <= HI <= 1 (got {lo},{hi})")
 
 
 @dataclass
@@ -48,21 +59,8 @@ def sample(cfg: SampleConfig) -> SampleResult:
 
     from safetensors.torch import save_file
 
-    import math
-
-    if cfg.n < 1:
-        raise LiquidgenError(f"--n must be at least 1 (got {cfg.n})")
-    if cfg.steps < 1:
-        raise LiquidgenError(f"--steps must be at least 1 (got {cfg.steps}): with none, the image is the noise")
-    if cfg.batch_size < 1:
-        raise LiquidgenError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
-    if not (math.isfinite(cfg.cfg_scale) and cfg.cfg_scale >= 0):
-        raise LiquidgenError(f"--cfg must be a finite number of at least 0 (got {cfg.cfg_scale})")
-    lo, hi = cfg.guidance_interval
-    if not (0 <= lo <= hi <= 1):
-        raise LiquidgenError(f"--guidance-interval must be LO,HI with 0 <= LO <= HI <= 1 (got {lo},{hi})")
-    if cfg.sampler not in ("euler", "heun"):
-        raise LiquidgenError(f"--sampler {cfg.sampler!r} is not one of euler, heun")
+    if Path(cfg.out).is_file() and not (cfg.latents_only and Path(cfg.out).suffix == ".safetensors"):
+        raise LiquidgenError(f"--out {cfg.out} is a file; sample writes a folder of images there")
     device = resolve_device(cfg.device)
     model, config, path = load_run(cfg.run, cfg.checkpoint, device)
     lat = config["latents"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from liquidgen.errors import LiquidgenError
+
 
 def _conv(n_in: int, n_out: int, **kwargs) -> nn.Conv2d:
     return nn.Conv2d(n_in, n_out, 3, padding=1, **kwargs)
@@ -71,11 +73,23 @@ def build_decoder(latent_channels: int, pooled: list[int] = ()) -> nn.Sequential
 
 
 def load_pair(encoder_path: str, decoder_path: str) -> tuple[nn.Sequential, nn.Sequential]:
-    """Both halves with their weights (fp32), loaded without pickle."""
-    enc_state = torch.load(encoder_path, map_location="cpu", weights_only=True)
-    dec_state = torch.load(decoder_path, map_location="cpu", weights_only=True)
-    encoder = build_encoder(enc_state["14.weight"].shape[0], pooled_blocks(enc_state))
-    decoder = build_decoder(dec_state["1.weight"].shape[1], pooled_blocks(dec_state))
-    encoder.load_state_dict({k: v.float() for k, v in enc_state.items()})
-    decoder.load_state_dict({k: v.float() for k, v in dec_state.items()})
-    return encoder, decoder
+    """Both halves with their weights (fp32), loaded without pickle. A file that is not a
+    TAESD state dict (garbage, a pickled object, other keys) is one line naming it."""
+    return _half(encoder_path, "14.weight", 0, build_encoder), _half(decoder_path, "1.weight", 1, build_decoder)
+
+
+def _half(path: str, probe: str, axis: int, build) -> nn.Sequential:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... with long texts
+        raise LiquidgenError(f"{path} is not a plain tensor state dict ({exc.__class__.__name__}); "
+                             "liquidgen loads weights without running pickled code") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) or probe not in state:
+        raise LiquidgenError(f"{path} is not a TAESD-family state dict (no {probe!r}); pass a TAESD *_encoder.pth/"
+                             "*_decoder.pth pair or a diffusers VAE")
+    try:
+        model = build(state[probe].shape[axis], pooled_blocks(state))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise LiquidgenError(f"{path} does not fit a TAESD-family model ({str(exc).splitlines()[0][:150]})") from None
+    return model

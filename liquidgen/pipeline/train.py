@@ -11,6 +11,8 @@ import copy
 import hashlib
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from liquidgen.backbone.models import MODELS, build_model, model_spec
 from liquidgen.backbone.unet import count_parameters
 from liquidgen.cache.loader import open_latents
 from liquidgen.cache.lock import CacheLock
+from liquidgen.checks import finite, one_of, whole
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline import checkpoint as ckpt
 from liquidgen.pipeline.images import image_grid
@@ -70,28 +73,13 @@ class TrainConfig:
             self.warmup = min(1000, self.steps // 10) if self.warmup is None else self.warmup
             self.ckpt_every = max(1, min(2000, self.steps // 10)) if self.ckpt_every is None else self.ckpt_every
             self.preview_every = max(1, min(2000, self.steps // 4)) if self.preview_every is None else self.preview_every
-        at_least = {"batch_size": 1, "steps": 1, "warmup": 0, "log_every": 1, "ckpt_every": 1, "preview_every": 0,
-                    "preview_n": 1, "preview_steps": 1, "seed": 0}
-        for name, low in at_least.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise LiquidgenError(f"--{name.replace('_', '-')} must be a whole number of at least {low} (got {value!r})")
-        ranges = {"lr": (0, None), "weight_decay": (0, None), "grad_clip": (0, None), "ema": (0, 1),
-                  "class_dropout": (0, 1), "cfg_scale": (0, None), "memory_limit_gb": (0, None)}
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and math.isfinite(value) and value >= low and (high is None or value < high)
-            if not ok or (name in ("lr", "grad_clip") and value == 0):
-                bound = f"in [{low}, {high})" if high is not None else ("above 0" if name in ("lr", "grad_clip") else f"at least {low}")
-                raise LiquidgenError(f"--{name.replace('_', '-')} must be a finite number {bound} (got {value!r})")
-        if self.cfc is not None and self.cfc not in ("paper", "timegate", "static"):
-            raise LiquidgenError(f"--cfc {self.cfc!r} is not one of paper, timegate, static")
-        if self.head is not None and self.head not in ("ada", "gn"):
-            raise LiquidgenError(f"--head {self.head!r} is not one of ada, gn")
+        whole(self, batch_size=1, steps=1, warmup=0, log_every=1, ckpt_every=1, preview_every=0, preview_n=1,
+              preview_steps=1, seed=0, grid=0)
+        finite(self, lr=((">", 0), None), weight_decay=(0, None), grad_clip=((">", 0), None), ema=(0, 1),
+               class_dropout=(0, 1), cfg_scale=(0, None), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
+        one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=("auto", "cpu", "cuda"))
         if self.kernels is not None and (not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels)):
             raise LiquidgenError(f"--kernels must be odd sizes of at least 1, e.g. 3,5,7 (got {self.kernels})")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise LiquidgenError(f"--device {self.device!r} is not one of auto, cpu, cuda")
 
 
 @dataclass
@@ -102,6 +90,39 @@ class TrainResult:
     parameters: int = 0
     seconds: float = 0.0
     previews: list[Path] = field(default_factory=list)
+    stopped_by: str | None = None  # "SIGINT"/"SIGTERM" when a signal ended the run early, checkpoint saved
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) ask the loop to stop after the
+    step in progress: it saves a checkpoint there and returns, so nothing trained is lost. A
+    second signal acts at once, as the default handlers do. Outside the main thread (where
+    Python cannot take signals) this does nothing."""
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._catch) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _catch(self, signum, frame) -> None:
+        self.caught = signum
+        self.__exit__()  # the next one is not caught
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def requested(self, accelerator) -> bool:
+        """Whether any process was signalled; every process agrees, so they stop at one step."""
+        if accelerator.num_processes == 1:
+            return self.caught is not None
+        flag = torch.tensor(float(self.caught is not None), device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum").item())
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -257,8 +278,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
     # where the data stands: saved in each checkpoint, so a resume on any number of processes
     # continues the epoch (a streamed cache without repeating a shard)
     epoch, skip = data.start(state.get("position") if state else None, step)
+    stops = StopSignals().__enter__()
     try:
-        while step < cfg.steps:
+        while step < cfg.steps and result.stopped_by is None:
             for batch, (x0, labels) in enumerate(data.batches(epoch, skip=skip), start=skip + 1):
                 x0 = x0.to(device, non_blocking=True)
                 t = torch.sigmoid(torch.randn(len(x0), generator=gen, device=device))  # logit-normal(0, 1)
@@ -283,7 +305,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 log_n += 1
                 if not cuda:  # free on CPU; on a GPU checked at log and checkpoint steps
                     result.losses.append(loss.item())
-                last = step == cfg.steps
+                if stops.requested(accelerator):  # Ctrl-C or SIGTERM: this step is the last, and saved
+                    result.stopped_by = signal.Signals(stops.caught or signal.SIGTERM).name
+                last = step == cfg.steps or result.stopped_by is not None
                 if step % cfg.log_every == 0 or last or step % cfg.ckpt_every == 0:
                     mean_loss = accelerator.reduce(log_loss, "mean").item() / log_n
                     if not math.isfinite(mean_loss):
@@ -310,13 +334,15 @@ def _train(cfg: TrainConfig) -> TrainResult:
                             "position": data.position(epoch, batch)})
                         _plot(run)
                     accelerator.wait_for_everyone()
-                if preview_every and (step % preview_every == 0 or last) and accelerator.is_main_process:
+                if preview_every and (step % preview_every == 0 or last) and not result.stopped_by \
+                        and accelerator.is_main_process:
                     result.previews.append(preview(ema, data, run, step, cfg, device))
                 bar.update(1)
                 if last:
                     break
             epoch, skip = epoch + 1, 0
     finally:
+        stops.__exit__()
         bar.close()
         if metrics:
             metrics.close()
