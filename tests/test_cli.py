@@ -57,6 +57,7 @@ def test_encode_info_verify_as_a_user_types_them(paintings12, tmp_path):
         (["/no/such/folder"], ["unknown source '/no/such/folder'"]),
     ],
 )
+@pytest.mark.reliability('encode with an unknown source or VAE, a resolution the VAE cannot take, an unknown dtype', 'one line each; no manifest written')
 def test_bad_arguments_get_one_clear_line(paintings12, tmp_path, args, fragments):
     args = [a.format(data=paintings12, tmp=tmp_path, taef2=TAEF2) for a in args]
     result = run_cli("encode", *args, "--out", str(tmp_path / "out"))

@@ -82,6 +82,7 @@ def test_rerun_of_a_finished_cache_is_a_noop(paintings12, tmp_path):
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "shards").rglob("*")}
 
 
+@pytest.mark.reliability('corrupt, truncated, empty, tiny and odd-mode images among good ones', 'each bad one skipped, counted in the manifest and logged with its reason; the rest encoded')
 def test_bad_inputs_are_skipped_counted_and_logged(bad_images, tmp_path):
     folder, expected = bad_images
     result = encode(config(folder, tmp_path / "c", shard_size=4, batch_size=3))
@@ -112,6 +113,7 @@ def test_appending_another_source_grows_the_cache(paintings12, paintings40, tmp_
 
 
 @pytest.mark.parametrize("change", [{"resolution": 128}, {"dtype": "fp32"}, {"format": "wds"}])
+@pytest.mark.reliability('encoding into a cache made with another VAE, resolution, dtype or layout', 'refused naming the field that differs')
 def test_a_mismatched_append_is_refused(paintings12, tmp_path, change):
     encode(config(paintings12, tmp_path / "c", limit=8))
     before = (tmp_path / "c" / "manifest.json").read_text()
@@ -121,6 +123,7 @@ def test_a_mismatched_append_is_refused(paintings12, tmp_path, change):
     assert not (tmp_path / "c" / ".lock").exists()
 
 
+@pytest.mark.reliability('resuming an encode after files were added to the source', 'refused: encode into a new folder')
 def test_a_changed_source_is_refused_on_resume(tmp_path):
     folder = make_subset(tmp_path / "imgs", per_class=2, classes=2)
     encode(config(folder, tmp_path / "c"))
@@ -153,6 +156,7 @@ def test_flip_both_stores_the_mirrored_latents(paintings12, tmp_path):
     assert torch.mean((a - b.flip(-1)) ** 2) < torch.mean((a - b) ** 2) / 4  # b is a mirror of a
 
 
+@pytest.mark.reliability('two encodes into one folder at once', 'the second is refused while the first lives')
 def test_a_live_writer_locks_the_cache(paintings12, tmp_path):
     (tmp_path / "c").mkdir()
     import os
@@ -163,6 +167,7 @@ def test_a_live_writer_locks_the_cache(paintings12, tmp_path):
         encode(config(paintings12, tmp_path / "c"))
 
 
+@pytest.mark.reliability('a lock file left by a killed writer', 'taken over by the next run')
 def test_a_stale_lock_from_a_dead_writer_is_taken_over(paintings12, tmp_path):
     import socket
 
@@ -172,6 +177,7 @@ def test_a_stale_lock_from_a_dead_writer_is_taken_over(paintings12, tmp_path):
 
 
 @pytest.mark.parametrize("flag", [("--limit", "0"), ("--limit", "-1"), ("--workers", "-1"), ("--shard-size", "0")])
+@pytest.mark.reliability('encode --limit 0, --limit -1, --workers -1, --shard-size 0', 'refused before anything is written')
 def test_nonsense_flags_are_refused_before_anything_is_written(paintings12, tmp_path, flag):
     from conftest import run_cli
 
@@ -182,6 +188,7 @@ def test_nonsense_flags_are_refused_before_anything_is_written(paintings12, tmp_
     assert not out.exists()
 
 
+@pytest.mark.reliability('an unreadable file whose name holds a newline and a tab', 'one escaped line in skipped.log; no forged lines')
 def test_a_file_name_with_a_newline_and_a_tab_stays_one_line_of_skipped_log(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -34,6 +34,7 @@ def test_a_manifest_reads_back_equal_to_what_was_written(written):
     (lambda m: m.pop("vae"), "'vae' missing"),
     (lambda m: m["skipped"].append({"source": 0, "shard": "s00-000000.zarr", "key": 1, "reason": "x"}), "'skipped[0].key' is int"),
 ])
+@pytest.mark.reliability('a manifest field of the wrong type or missing', 'refused naming the field')
 def test_a_wrong_field_is_named_in_one_line(written, change, message):
     broken = json.loads(json.dumps(written))
     change(broken)
@@ -41,6 +42,7 @@ def test_a_wrong_field_is_named_in_one_line(written, change, message):
         Manifest.from_json(broken, "their/manifest.json")
 
 
+@pytest.mark.reliability('a manifest nested 200,000 deep', 'refused with one line, no RecursionError')
 def test_a_manifest_nested_deep_is_refused_without_a_traceback():
     with pytest.raises(LiquidgenError, match="nests too deep"):
         parse_manifest("[" * 200_000 + "]" * 200_000, "deep.json")

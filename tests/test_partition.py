@@ -197,6 +197,7 @@ def test_two_ranks_two_workers_read_each_input_byte_once(sources, tmp_path, kind
     assert 0.5 < ratio <= 1.05, ratio
 
 
+@pytest.mark.reliability('kill -9 of a two-process, two-worker encode', 'the rerun encodes every image exactly once')
 def test_a_killed_two_rank_two_worker_encode_resumes_exactly_once(sources, tmp_path):
     spec, out = sources["specs"]["hf_rowgroups"], tmp_path / "c"
     args = encode_args(spec, out, 2, "--shard-size", "4", "--resolution", "128")

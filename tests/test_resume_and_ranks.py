@@ -24,6 +24,7 @@ def encode_args(folder, out, *extra):
             "--shard-size", "4", "--batch-size", "4", "--workers", "1", *extra]
 
 
+@pytest.mark.reliability('kill -9 during an encode', 'the rerun resumes; every image is in the cache exactly once')
 def test_a_killed_encode_resumes_with_every_image_once(paintings40, tmp_path):
     out = tmp_path / "c"
     proc = subprocess.Popen([sys.executable, "-m", "liquidgen", *encode_args(paintings40, out)],
@@ -66,6 +67,7 @@ def test_two_processes_split_the_source_and_merge_one_manifest(paintings40, tmp_
     assert keys1 == keys2 and np.allclose(lat1, lat2, atol=1e-3)
 
 
+@pytest.mark.reliability('a disk that fills during an encode', 'one line; the rerun finishes')
 def test_a_full_disk_stops_with_one_line_and_the_rerun_finishes(paintings40, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -101,6 +103,7 @@ main()
 """
 
 
+@pytest.mark.reliability('one of two encode processes crashing', 'the job stops; the rerun finishes')
 def test_a_crashed_rank_stops_the_job_and_the_rerun_finishes(paintings40, tmp_path):
     """torchrun tears the whole job down when one rank fails: nobody waits at the final barrier,
     the cache stays incomplete, and one plain rerun finishes it."""

@@ -66,6 +66,7 @@ def test_push_then_pull_through_file_and_memory(cache, tmp_path):
     assert "12 latents" in card and "liquidgen train --cache" in card and "Licence" in card
 
 
+@pytest.mark.reliability('push and pull interrupted part-way', 'the rerun resumes; finished shards are not sent again')
 def test_an_interrupted_push_and_pull_resume(cache, tmp_path):
     remote = tmp_path / "remote"
     push(str(cache), f"file://{remote}", progress=False)
@@ -117,6 +118,7 @@ def test_streaming_from_a_url_gives_the_batches_of_the_local_cache(cache, tmp_pa
     assert not list((tmp_path / "streamed" / "shards").iterdir())  # --no-keep-shards: nothing left behind
 
 
+@pytest.mark.reliability('a corrupt shard on a server, streamed', 'refused before it is trained on')
 def test_a_corrupt_remote_shard_stops_streaming_before_it_is_trained_on(cache, tmp_path, http_server, monkeypatch):
     root, base = http_server
     push(str(cache), f"file://{root / 'paintings'}", progress=False)
@@ -131,6 +133,7 @@ def test_a_corrupt_remote_shard_stops_streaming_before_it_is_trained_on(cache, t
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.reliability('a download whose sha256 differs', 'never kept on disk')
 def test_a_shard_with_a_wrong_checksum_is_never_kept(cache, tmp_path):
     remote = tmp_path / "remote"
     push(str(cache), f"file://{remote}", progress=False)
@@ -145,6 +148,7 @@ def test_a_shard_with_a_wrong_checksum_is_never_kept(cache, tmp_path):
     assert not (tmp_path / "local" / "manifest.json").exists()
 
 
+@pytest.mark.reliability('a manifest of a future version, with `..` shard names, negative sizes, broken JSON; a missing shard', 'refused with one line each')
 def test_malformed_or_unknown_manifests_and_missing_shards_are_refused(cache, tmp_path):
     remote = tmp_path / "remote"
     push(str(cache), f"file://{remote}", progress=False)
@@ -191,11 +195,13 @@ def _npy(arr, allow_pickle=False) -> bytes:
     ({"/abs.latent.npy": _npy(np.zeros((2, 2, 2), np.float16))}, "not a plain file name"),
     ({"000000000.latent.npy": _npy(np.zeros((2, 2, 2), np.float16))}, "lacks its cls member"),
 ])
+@pytest.mark.reliability('tar shards holding pickled objects, `..` or absolute member names, missing members', 'refused; no pickle is ever loaded')
 def test_crafted_tar_shards_are_refused(members, message):
     with pytest.raises(LiquidgenError, match=message):
         read_tar(io.BytesIO(_tar(members)), "crafted.tar")
 
 
+@pytest.mark.reliability('a pickled or truncated shard whose manifest checksum matches', 'refused by the loader')
 def test_a_malicious_shard_with_a_matching_checksum_is_refused_by_the_loader(paintings12, tmp_path):
     """A stranger controls the manifest too, so checksums alone are not enough: reading refuses."""
     out = tmp_path / "c"
@@ -278,6 +284,7 @@ def flaky_server(tmp_path):
     server.shutdown()
 
 
+@pytest.mark.reliability('a server sending small delayed chunks and dropping connections', 'reads retried with backoff; the cache opens and streams')
 def test_a_server_that_trickles_and_drops_connections_still_serves_the_cache(cache, tmp_path, flaky_server):
     root, base = flaky_server
     push(str(cache), f"file://{root / 'c'}", progress=False)
@@ -290,6 +297,7 @@ def test_a_server_that_trickles_and_drops_connections_still_serves_the_cache(cac
     assert keys == keys2 and np.array_equal(local, fetched)
 
 
+@pytest.mark.reliability("streaming a URL with --cache-limit-gb below the cache's size", 'never more on disk than the limit plus one shard')
 def test_the_local_shard_cache_of_a_url_never_exceeds_its_limit(cache, tmp_path, http_server):
     root, base = http_server
     push(str(cache), f"file://{root / 'c'}", progress=False)

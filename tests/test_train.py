@@ -51,6 +51,7 @@ def test_the_loss_falls_for_every_cfc_variant(cache40, tmp_path, cfc):
 
 
 @pytest.mark.parametrize("memory_limit_gb", [4.0, 0.0], ids=["resident", "streaming"])
+@pytest.mark.reliability('a training run stopped and resumed', 'the same losses, bit for bit, as a run never stopped')
 def test_resume_repeats_an_uninterrupted_run_exactly(cache40, tmp_path, memory_limit_gb):
     whole = train(tcfg(cache40, tmp_path / "whole", memory_limit_gb=memory_limit_gb))
     train(tcfg(cache40, tmp_path / "parts", steps=12, memory_limit_gb=memory_limit_gb))
@@ -78,6 +79,7 @@ def test_the_vae_is_loaded_only_for_previews(paintings40, tmp_path):
     assert (tmp_path / "run3" / "loss.png").exists()
 
 
+@pytest.mark.reliability('a learning rate that makes the loss NaN', 'training stops with one line; the last good checkpoint is kept')
 def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(cache40, tmp_path):
     train(tcfg(cache40, tmp_path / "run", steps=8, ckpt_every=4))
     with pytest.raises(LiquidgenError, match=r"loss became (nan|inf) by step 1[02]; training stopped.*step-0000008"):
@@ -105,6 +107,7 @@ def test_refusals(cache40, tmp_path, paintings40):
         _check_memory(LiquidUNetConfig(channels=(4096, 8192, 16384), blocks=(2, 2, 2)).to_dict(), torch.device("cpu"))
 
 
+@pytest.mark.reliability('training on an unfinished encode or a cache of no latents', 'refused, naming what to do')
 def test_an_unfinished_or_empty_cache_is_refused(paintings40, tmp_path):
     encode(EncodeConfig(str(paintings40), str(tmp_path / "c"), vae=str(TAEF2), resolution=64, limit=8, workers=0, progress=False))
     cache = CacheDir(tmp_path / "c")
@@ -184,6 +187,7 @@ def test_two_caches_mixed_train_and_resume_exactly(cache40, tmp_path, paintings4
     assert config["train"]["cache"] == both and config["cache"]["count"] == 40 + 16
 
 
+@pytest.mark.reliability('two `train --out R` at once', 'the second is refused while the first lives')
 def test_a_second_train_into_a_live_run_folder_is_refused(cache40, tmp_path):
     import os
     import socket
