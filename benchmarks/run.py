@@ -30,6 +30,7 @@ SECTIONS = {  # name -> (module, title)
     "libraries": ("loader_libraries", "Streaming loaders: liquidgen beside litdata on the same latents"),
     "remote": ("remote_cache", "Training from a cache served over HTTP"),
     "eval": ("eval_quality", "Image quality without downloads: the metrics and their noise"),
+    "threads": ("threads", "Torch threads on a 2-core machine, idle and busy"),
 }
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -113,6 +113,8 @@ def train(
                                                    "the least recently used are deleted first (default: no limit)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     device: str = typer.Option("auto", help="auto or cpu."),
+    threads: Optional[int] = typer.Option(None, help="Torch's intra-op threads for CPU work (default: torch's choice, "
+                                          "one per core)."),
 ) -> None:
     """Train the liquid backbone with rectified flow on a latent cache (no VAE in the loop)."""
     from liquidgen.pipeline.train import TrainConfig, train as run
@@ -128,7 +130,7 @@ def train(
         kernels=sizes, grid=grid, head=head, ema=ema,
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
-        compile=compile, device=device,
+        compile=compile, device=device, threads=threads,
     )
     result = run(cfg)
     if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would
@@ -348,11 +350,13 @@ def cache_verify(cache: Path = typer.Argument(..., help="Cache folder.")) -> Non
 def cache_push(
     cache: Path = typer.Argument(..., help="Local cache folder."),
     url: str = typer.Argument(..., help="Where to: hf://datasets/ORG/NAME, s3://..., gs://..., file://..., memory://..."),
+    source_name: Optional[str] = typer.Option(None, help="How the dataset card names the images (e.g. 'WikiArt, huggan/wikiart'); "
+                                              "by default the source's id, of which a local path keeps only its last part."),
 ) -> None:
     """Upload a verified cache (shards first, manifest last); rerun to resume, unchanged shards are skipped."""
     from liquidgen.cache.remote import push
 
-    t = push(str(cache), url)
+    t = push(str(cache), url, source_name=source_name)
     console.print(f"{url}: {t.sent} shards sent, {t.skipped} already there")
 
 

@@ -138,6 +138,11 @@ def test_a_pushed_cache_names_no_path_of_the_machine_that_pushed_it(paintings12,
     assert f'"id": "{paintings12.name}"' in manifest and '"id": "taef2"' in manifest
     pull(f"file://{tmp_path / 'shared'}", str(tmp_path / "pulled"), progress=False)  # still a valid cache
     assert (tmp_path / "pulled" / "manifest.json").exists()
+    result = run_cli("cache", "push", str(tmp_path / "c"), f"file://{tmp_path / 'shared'}",
+                     "--source-name", "Baroque and Rococo paintings, WikiArt")
+    assert result.returncode == 0, result.stderr
+    card = (tmp_path / "shared" / "README.md").read_text()
+    assert "# Latent cache: Baroque and Rococo paintings, WikiArt through taef2" in card and str(tmp_path) not in card
 
 
 def vae_folder(tmp_path, encoder: bytes | None = None, state: dict | None = None, obj=None) -> str:

@@ -57,14 +57,18 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def dataset_card(manifest: Manifest) -> str:
-    src = manifest.sources[0].__dict__ if manifest.sources else {}
+def dataset_card(manifest: Manifest, source_name: str | None = None) -> str:
+    """The README.md pushed beside a cache; `source_name` (e.g. "WikiArt, huggan/wikiart") names
+    the images in place of the source's id, which for a local folder is only its last part."""
+    src = dict(manifest.sources[0].__dict__) if manifest.sources else {}
+    if source_name:
+        src["id"] = source_name
     vae, st = manifest.vae, manifest.storage
     classes = ", ".join(manifest.label_names) or "none (unconditional)"
     return f"""---
 tags: [liquidgen, latents]
 ---
-# Latent cache: {Path(str(src.get('id', 'images'))).name} through {Path(vae['id']).name}
+# Latent cache: {src.get('id', 'images') if source_name else Path(str(src.get('id', 'images'))).name} through {Path(vae['id']).name}
 
 {manifest.count} latents made by liquidgen (`pip install liquidgen`) from `{src.get('id')}`
 ({src.get('kind')}{', split ' + src['split'] if src.get('split') else ''}).
@@ -88,7 +92,7 @@ liquidgen cache pull <this URL> cache/mine && liquidgen cache verify cache/mine 
 """
 
 
-def push(cache_dir: str, url: str, progress: bool = True) -> Transfer:
+def push(cache_dir: str, url: str, progress: bool = True, source_name: str | None = None) -> Transfer:
     manifest, problems = verify_cache(cache_dir)
     if problems:
         raise LiquidgenError(f"refusing to push {cache_dir}: {problems[0]}")
@@ -116,7 +120,7 @@ def push(cache_dir: str, url: str, progress: bool = True) -> Transfer:
             nbytes += shard.bytes
             bar.update(shard.bytes)
         public = manifest.published()  # no absolute paths of this machine
-        fs.pipe_file(_join(root, "README.md"), dataset_card(public).encode())
+        fs.pipe_file(_join(root, "README.md"), dataset_card(public, source_name).encode())
         fs.pipe_file(_join(root, MANIFEST), public.dumps().encode())  # last
     except Exception as exc:  # any backend's error type; markers make the rerun resume
         raise LiquidgenError(f"push to {url} failed ({exc.__class__.__name__}: {exc}); rerun to resume") from None

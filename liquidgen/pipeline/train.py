@@ -65,6 +65,7 @@ class TrainConfig:
     mix: list[float] | None = None  # weights of several caches (default: equal)
     compile: bool = False
     device: str = "auto"
+    threads: int | None = None  # torch's intra-op threads on the CPU; None: torch's own choice
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -74,7 +75,7 @@ class TrainConfig:
             self.ckpt_every = max(1, min(2000, self.steps // 10)) if self.ckpt_every is None else self.ckpt_every
             self.preview_every = max(1, min(2000, self.steps // 4)) if self.preview_every is None else self.preview_every
         whole(self, batch_size=1, steps=1, warmup=0, log_every=1, ckpt_every=1, preview_every=0, preview_n=1,
-              preview_steps=1, seed=0, grid=0)
+              preview_steps=1, seed=0, grid=0, threads=1)
         finite(self, lr=((">", 0), None), weight_decay=(0, None), grad_clip=((">", 0), None), ema=(0, 1),
                class_dropout=(0, 1), cfg_scale=(0, None), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
         one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=("auto", "cpu", "cuda"))
@@ -178,6 +179,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     `train` into it is refused while the first lives (a killed one's lock is taken over)."""
     from accelerate import PartialState
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     state = PartialState(cpu=not (torch.cuda.is_available() and cfg.device != "cpu"))
     lock = None
     if state.is_main_process:
