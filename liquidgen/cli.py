@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from liquidgen.config import DecodeConfig, EncodeConfig, EvalConfig, SampleConfig, TrainConfig, defaults
 from liquidgen.errors import LiquidgenError, printable
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(help="Inspect and check latent caches.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+# each option's default is its config field's (liquidgen/config.py), written there once
+ENCODE, TRAIN, SAMPLE, DECODE, EVAL = map(defaults, (EncodeConfig, TrainConfig, SampleConfig, DecodeConfig, EvalConfig))
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -32,25 +34,25 @@ def encode(
     source: str = typer.Argument(..., help="A preset (paintings, flowers, afhq, ...; see `liquidgen presets`), "
                                  "hf:ORG/NAME[:split], a folder of images (subfolders = classes), or image .tar files."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create, resume or append to."),
-    vae: str = typer.Option("flux", help="VAE preset (flux, flux2, sd, sdxl, taesd, taesdxl, taef1, taef2), a diffusers "
+    vae: str = typer.Option(ENCODE.vae, help="VAE preset (flux, flux2, sd, sdxl, taesd, taesdxl, taef1, taef2), a diffusers "
                             "Hub id or folder, or a folder with a TAESD-family *_encoder.pth/*_decoder.pth pair."),
-    vae_subfolder: Optional[str] = typer.Option(None, help="Subfolder of a diffusers repo holding the VAE (e.g. vae)."),
-    resolution: int = typer.Option(256, "--resolution", "-r", help="Square size in pixels (a multiple of the VAE downscale)."),
-    format: str = typer.Option("zarr", "--format", "-f", help="zarr (random access, one machine) or wds (WebDataset tars, streaming/sharing)."),
-    dtype: str = typer.Option("fp16", help="Stored dtype: fp16, bf16, fp32 or uint8 (per-channel affine, see docs)."),
-    store: str = typer.Option("mean", help="For KL VAEs: mean, sample, or moments (mean+logvar, sampled at load time)."),
-    flip: str = typer.Option("none", help="none, or both: also encode the horizontally flipped image."),
-    limit: Optional[int] = typer.Option(None, help="Encode only the first N images of the source."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per VAE forward."),
-    workers: int = typer.Option(min(4, os.cpu_count() or 1), help="DataLoader workers decoding images."),
-    shard_size: int = typer.Option(1024, help="Latents per shard (the unit of resume and of sharing)."),
-    data_dir: Optional[str] = typer.Option(None, envvar="LIQUIDGEN_DATA_DIR", help="Folder with local copies of presets (offline)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
-    vae_dtype: str = typer.Option("auto", help="VAE compute dtype: auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16."),
-    seed: int = typer.Option(0, help="Seed for --store sample."),
+    vae_subfolder: Optional[str] = typer.Option(ENCODE.vae_subfolder, help="Subfolder of a diffusers repo holding the VAE (e.g. vae)."),
+    resolution: int = typer.Option(ENCODE.resolution, "--resolution", "-r", help="Square size in pixels (a multiple of the VAE downscale)."),
+    format: str = typer.Option(ENCODE.format, "--format", "-f", help="zarr (random access, one machine) or wds (WebDataset tars, streaming/sharing)."),
+    dtype: str = typer.Option(ENCODE.dtype, help="Stored dtype: fp16, bf16, fp32 or uint8 (per-channel affine, see docs)."),
+    store: str = typer.Option(ENCODE.store, help="For KL VAEs: mean, sample, or moments (mean+logvar, sampled at load time)."),
+    flip: str = typer.Option(ENCODE.flip, help="none, or both: also encode the horizontally flipped image."),
+    limit: Optional[int] = typer.Option(ENCODE.limit, help="Encode only the first N images of the source."),
+    batch_size: int = typer.Option(ENCODE.batch_size, "--batch-size", "-b", help="Images per VAE forward."),
+    workers: int = typer.Option(ENCODE.workers, help="DataLoader workers decoding images."),
+    shard_size: int = typer.Option(ENCODE.shard_size, help="Latents per shard (the unit of resume and of sharing)."),
+    data_dir: Optional[str] = typer.Option(ENCODE.data_dir, envvar="LIQUIDGEN_DATA_DIR", help="Folder with local copies of presets (offline)."),
+    device: str = typer.Option(ENCODE.device, help="auto, cpu, cuda, cuda:1, ..."),
+    vae_dtype: str = typer.Option(ENCODE.vae_dtype, help="VAE compute dtype: auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16."),
+    seed: int = typer.Option(ENCODE.seed, help="Seed for --store sample."),
 ) -> None:
     """Encode images through a frozen VAE into a sharded latent cache (resumable: rerun to finish)."""
-    from liquidgen.pipeline.encode import EncodeConfig, encode as run
+    from liquidgen.pipeline.encode import encode as run
 
     cfg = EncodeConfig(
         source=source, out=str(out), vae=vae, vae_subfolder=vae_subfolder, resolution=resolution,
@@ -85,39 +87,40 @@ def _weights(mix: str | None, caches: int) -> list[float] | None:
 def train(
     cache: list[str] = typer.Option(..., "--cache", "-c", help="Latent cache folder, or a shared cache URL (streamed: shards fetched and sha256-checked as training reaches them). "
                                     "Give it several times to mix caches of one latent space (see --mix)."),
-    mix: Optional[str] = typer.Option(None, help="Weights of several --cache, e.g. 0.7,0.3: each step's batch comes from one cache with these probabilities (default: equal)."),
+    mix: Optional[str] = typer.Option(TRAIN.mix, help="Weights of several --cache, e.g. 0.7,0.3: each step's batch comes from one cache with these probabilities (default: equal)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
-    model: str = typer.Option("small", "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); or a diffusers "
+    model: str = typer.Option(TRAIN.model, "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); or a diffusers "
                               "baseline to compare with: dit-tiny, dit-small, unet-tiny, unet-small."),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Global batch size (split across processes)."),
-    steps: int = typer.Option(100_000, help="Total optimizer steps."),
-    lr: float = typer.Option(2e-4, help="Peak learning rate (AdamW, linear warmup)."),
-    warmup: Optional[int] = typer.Option(None, help="Warmup steps (default: min(1000, steps/10))."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
-    cfc: Optional[str] = typer.Option(None, help="CfC variant: paper (default), timegate or static."),
-    relax: Optional[bool] = typer.Option(None, "--relax/--no-relax", help="Liquid relaxation residuals (default on)."),
-    global_path: Optional[bool] = typer.Option(None, "--global-path/--no-global-path", help="Pooled channel gate (default on)."),
-    kernels: Optional[str] = typer.Option(None, help="Depthwise kernel sizes, e.g. 3,5,7 (default) or 3."),
-    grid: Optional[int] = typer.Option(None, help="Layout path: mix all positions through a pooled GxG grid (e.g. 4; default off)."),
-    head: Optional[str] = typer.Option(None, help="Output head: ada (conditioned on t, default) or gn (the classic U-Net head)."),
-    ema: float = typer.Option(0.999, help="EMA decay (with warm-up)."),
-    log_every: int = typer.Option(50, help="Steps between metrics records."),
-    ckpt_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: min(2000, steps/10)); the last step is always saved."),
-    preview_every: Optional[int] = typer.Option(None, help="Steps between preview grids (default: min(2000, steps/4); 0: never)."),
-    preview_n: int = typer.Option(16, help="Images in a preview grid."),
-    seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
-    memory_limit_gb: float = typer.Option(4.0, help="Caches bigger than this (at their stored size) are streamed shard by shard; smaller ones are held whole on the training device."),
-    keep_shards: bool = typer.Option(True, "--keep-shards/--no-keep-shards",
+    batch_size: int = typer.Option(TRAIN.batch_size, "--batch-size", "-b", help="Global batch size (split across processes)."),
+    steps: int = typer.Option(TRAIN.steps, help="Total optimizer steps."),
+    lr: float = typer.Option(TRAIN.lr, help="Peak learning rate (AdamW, linear warmup)."),
+    warmup: Optional[int] = typer.Option(TRAIN.warmup, help="Warmup steps (default: min(1000, steps/10))."),
+    resume: bool = typer.Option(TRAIN.resume, "--resume", help="Continue from the run's latest checkpoint."),
+    cfc: Optional[str] = typer.Option(TRAIN.cfc, help="CfC variant: paper (default), timegate or static."),
+    relax: Optional[bool] = typer.Option(TRAIN.relax, "--relax/--no-relax", help="Liquid relaxation residuals (default on)."),
+    global_path: Optional[bool] = typer.Option(TRAIN.global_path, "--global-path/--no-global-path", help="Pooled channel gate (default on)."),
+    kernels: Optional[str] = typer.Option(TRAIN.kernels, help="Depthwise kernel sizes, e.g. 3,5,7 (default) or 3."),
+    grid: Optional[int] = typer.Option(TRAIN.grid, help="Layout path: mix all positions through a pooled GxG grid (e.g. 4; default off)."),
+    head: Optional[str] = typer.Option(TRAIN.head, help="Output head: ada (conditioned on t, default) or gn (the classic U-Net head)."),
+    ema: float = typer.Option(TRAIN.ema, help="EMA decay (with warm-up)."),
+    log_every: int = typer.Option(TRAIN.log_every, help="Steps between metrics records."),
+    ckpt_every: Optional[int] = typer.Option(TRAIN.ckpt_every, help="Steps between checkpoints (default: min(2000, steps/10)); the last step is always saved."),
+    preview_every: Optional[int] = typer.Option(TRAIN.preview_every, help="Steps between preview grids (default: min(2000, steps/4); 0: never)."),
+    preview_n: int = typer.Option(TRAIN.preview_n, help="Images in a preview grid."),
+    seed: int = typer.Option(TRAIN.seed, help="Seed for weights, data order and noise."),
+    memory_limit_gb: float = typer.Option(TRAIN.memory_limit_gb, help="Caches bigger than this (at their stored size) are streamed shard by shard; smaller ones are held whole on the training device."),
+    keep_shards: bool = typer.Option(TRAIN.keep_shards, "--keep-shards/--no-keep-shards",
                                      help="A remote cache's shards stay on disk after they are read ($LIQUIDGEN_HOME/caches)."),
-    cache_limit_gb: Optional[float] = typer.Option(None, help="At most this many GB of a remote cache's shards kept on disk; "
+    cache_limit_gb: Optional[float] = typer.Option(TRAIN.cache_limit_gb, help="At most this many GB of a remote cache's shards kept on disk; "
                                                    "the least recently used are deleted first (default: no limit)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    device: str = typer.Option("auto", help="auto or cpu."),
-    threads: Optional[int] = typer.Option(None, help="Torch's intra-op threads for CPU work (default: torch's choice, "
-                                          "one per core)."),
+    compile: bool = typer.Option(TRAIN.compile, "--compile", help="torch.compile the model."),
+    device: str = typer.Option(TRAIN.device, help="auto or cpu."),
+    threads: Optional[int] = typer.Option(TRAIN.threads, help="Torch's intra-op threads for CPU work (default: one per core "
+                                          "that other processes leave free, measured at the start; torch's own one per core "
+                                          "is 6x slower on a busy 2-core machine)."),
 ) -> None:
     """Train the liquid backbone with rectified flow on a latent cache (no VAE in the loop)."""
-    from liquidgen.pipeline.train import TrainConfig, train as run
+    from liquidgen.pipeline.train import train as run
 
     try:
         sizes = tuple(int(k) for k in kernels.split(",")) if kernels else None
@@ -147,20 +150,20 @@ def train(
 def sample(
     run: Path = typer.Option(..., "--run", help="Run folder (from `liquidgen train`)."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for PNGs (or a .safetensors file with --latents-only)."),
-    n: int = typer.Option(16, "--n", "-n", help="How many images."),
-    steps: int = typer.Option(50, help="Sampler steps (Euler: one model call each; Heun: about two)."),
-    cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance scale (1 = off)."),
-    guidance_interval: str = typer.Option("0,0.75", help="Apply guidance only for t in LO,HI (t=1 is pure noise)."),
-    class_name: Optional[str] = typer.Option(None, "--class", help="Class name (default: cycle through all)."),
-    sampler: str = typer.Option("euler", help="euler or heun (diffusers' flow-matching schedulers)."),
-    seed: int = typer.Option(0, help="Same seed, same images."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per model batch."),
-    latents_only: bool = typer.Option(False, "--latents-only", help="Write raw latents (safetensors), no VAE."),
-    checkpoint: Optional[str] = typer.Option(None, help="A checkpoint folder name (step-XXXXXXX); default the latest."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+    n: int = typer.Option(SAMPLE.n, "--n", "-n", help="How many images."),
+    steps: int = typer.Option(SAMPLE.steps, help="Sampler steps (Euler: one model call each; Heun: about two)."),
+    cfg: float = typer.Option(SAMPLE.cfg_scale, "--cfg", help="Classifier-free guidance scale (1 = off)."),
+    guidance_interval: str = typer.Option(",".join(map(str, SAMPLE.guidance_interval)), help="Apply guidance only for t in LO,HI (t=1 is pure noise)."),
+    class_name: Optional[str] = typer.Option(SAMPLE.class_name, "--class", help="Class name (default: cycle through all)."),
+    sampler: str = typer.Option(SAMPLE.sampler, help="euler or heun (diffusers' flow-matching schedulers)."),
+    seed: int = typer.Option(SAMPLE.seed, help="Same seed, same images."),
+    batch_size: int = typer.Option(SAMPLE.batch_size, "--batch-size", "-b", help="Images per model batch."),
+    latents_only: bool = typer.Option(SAMPLE.latents_only, "--latents-only", help="Write raw latents (safetensors), no VAE."),
+    checkpoint: Optional[str] = typer.Option(SAMPLE.checkpoint, help="A checkpoint folder name (step-XXXXXXX); default the latest."),
+    device: str = typer.Option(SAMPLE.device, help="auto, cpu, cuda."),
 ) -> None:
     """Generate images from a trained run's EMA weights: PNGs, a grid and the settings used."""
-    from liquidgen.pipeline.sample import SampleConfig, sample as run_sample
+    from liquidgen.pipeline.sample import sample as run_sample
 
     try:
         lo, hi = (float(v) for v in guidance_interval.split(","))
@@ -178,13 +181,13 @@ def sample(
 def decode(
     source: str = typer.Argument(..., help="A latents .safetensors file (from sample --latents-only), a cache folder, or a .npy file."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs and grid.png."),
-    limit: Optional[int] = typer.Option(16, help="Decode at most this many (from the start)."),
-    keys: Optional[str] = typer.Option(None, help="Comma-separated cache keys to decode instead of the first ones."),
-    vae: Optional[str] = typer.Option(None, help="VAE to use (required for a bare .npy; default: the one the latents name)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+    limit: Optional[int] = typer.Option(DECODE.limit, help="Decode at most this many (from the start)."),
+    keys: Optional[str] = typer.Option(DECODE.keys, help="Comma-separated cache keys to decode instead of the first ones."),
+    vae: Optional[str] = typer.Option(DECODE.vae, help="VAE to use (required for a bare .npy; default: the one the latents name)."),
+    device: str = typer.Option(DECODE.device, help="auto, cpu, cuda."),
 ) -> None:
     """Decode latents to PNGs with the VAE they were made with (loaded only now)."""
-    from liquidgen.pipeline.decode import DecodeConfig, decode as run_decode
+    from liquidgen.pipeline.decode import decode as run_decode
 
     paths = run_decode(DecodeConfig(source=source, out=str(out), limit=limit, keys=keys.split(",") if keys else None,
                                     vae=vae, device=device))
@@ -208,15 +211,15 @@ def export(
 def eval_(
     run: Path = typer.Option(..., "--run", help="Run folder."),
     cache: str = typer.Option(..., "--cache", "-c", help="The cache the run was trained on (its decoded latents are the real side)."),
-    n: int = typer.Option(2000, "--n", "-n", help="Images on each side."),
-    steps: int = typer.Option(50, help="Euler steps for the samples."),
-    cfg: float = typer.Option(1.0, "--cfg", help="Guidance scale for the samples."),
-    seed: int = typer.Option(0, help="Seed for the real subset, the samples and the metrics."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON file (default RUN/eval.json)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+    n: int = typer.Option(EVAL.n, "--n", "-n", help="Images on each side."),
+    steps: int = typer.Option(EVAL.steps, help="Euler steps for the samples."),
+    cfg: float = typer.Option(EVAL.cfg_scale, "--cfg", help="Guidance scale for the samples."),
+    seed: int = typer.Option(EVAL.seed, help="Seed for the real subset, the samples and the metrics."),
+    out: Optional[Path] = typer.Option(EVAL.out, "--out", "-o", help="JSON file (default RUN/eval.json)."),
+    device: str = typer.Option(EVAL.device, help="auto, cpu, cuda."),
 ) -> None:
     """Score a run: SWD, random-feature FD/KID, precision/recall, flow loss per t (no downloads)."""
-    from liquidgen.pipeline.evaluate import EvalConfig, evaluate
+    from liquidgen.pipeline.evaluate import evaluate
 
     r = evaluate(EvalConfig(run=str(run), cache=cache, n=n, steps=steps, cfg_scale=cfg, seed=seed,
                             out=str(out) if out else None, device=device))

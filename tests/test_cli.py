@@ -94,3 +94,28 @@ def test_train_mixes_several_caches_and_refuses_bad_weights(paintings12, tmp_pat
     ok = run_cli("train", "--cache", str(out), "--cache", str(out), "--mix", "0.5,0.5", "--out", str(tmp_path / "r"),
                  "--model", "nano", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--preview-every", "0")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_each_option_default_is_written_once_in_its_config():
+    """The CLI shows and passes on the config dataclasses' defaults (liquidgen/config.py): walk
+    every option of the stage commands and compare."""
+    import typer
+
+    from liquidgen.cli import app
+    from liquidgen.config import DecodeConfig, EncodeConfig, EvalConfig, SampleConfig, TrainConfig, defaults
+
+    commands = typer.main.get_command(app).commands
+    aliases = {"cfg": "cfg_scale", "class_": "class_name"}
+    compared = 0
+    for name, config in [("encode", EncodeConfig), ("train", TrainConfig), ("sample", SampleConfig),
+                         ("decode", DecodeConfig), ("eval", EvalConfig)]:
+        want = vars(defaults(config))
+        for param in commands[name].params:
+            field = aliases.get(param.name, param.name)
+            if field not in want or param.required:
+                continue
+            got = want[field]
+            got = ",".join(map(str, got)) if isinstance(got, tuple) and field == "guidance_interval" else got
+            assert param.default == got, f"liquidgen {name} {param.opts[0]}: {param.default!r} != {got!r} in {config.__name__}"
+            compared += 1
+    assert compared >= 50

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from liquidgen.cache.shards import DTYPES, SUFFIX, Expect
+from liquidgen.cache.shards import SUFFIX, Expect
+from liquidgen.config import DTYPES, FLIPS, STORE_CHOICES
 from liquidgen.errors import LiquidgenError
 
 FORMAT_VERSION = 2  # 2: each array of a shard stored whole (shards.py); 1 still reads
@@ -31,8 +32,6 @@ READABLE = (1, 2)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 * 2**20  # metadata: 10^8 latents in shards of 1,024 take ~30 MB
 MAX_EMPTY_SHARDS = 1024  # shards holding nothing and naming no skipped input (empty input files)
-STORED = ("mean", "sample", "moments")
-FLIPS = ("none", "both")
 
 
 @dataclass
@@ -131,7 +130,7 @@ class Manifest:
         that lies about them is refused here, before any shard is touched."""
         st = self.storage
         for name, value, allowed in (("backend", st.backend, tuple(SUFFIX)), ("dtype", st.dtype, DTYPES),
-                                     ("stored", st.stored, STORED), ("flip", st.flip, FLIPS)):
+                                     ("stored", st.stored, STORE_CHOICES), ("flip", st.flip, FLIPS)):
             if value not in allowed:
                 raise LiquidgenError(f"{where} is malformed: storage.{name} {value!r} is not one of {', '.join(allowed)}")
         if len(st.latent_shape) != 3 or not all(1 <= d <= 65536 for d in st.latent_shape) \

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from liquidgen.cache.lock import temporary
+from liquidgen.config import DTYPES
 from liquidgen.errors import LiquidgenError
 
-DTYPES = ("fp16", "bf16", "fp32", "uint8")
 NUMPY_DTYPE = {"fp16": np.float16, "bf16": np.uint16, "fp32": np.float32, "uint8": np.uint8}
 SUFFIX = {"zarr": ".zarr", "wds": ".tar"}
 MAX_MEMBER_BYTES = 1 << 30  # a single latent over 1 GiB is not a latent

@@ -4,31 +4,15 @@ or a single `.npy`. The VAE is the one the latents name (manifest or file metada
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from liquidgen.checks import one_of, whole
+from liquidgen.config import DecodeConfig
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.images import image_grid, save_images
-
-
-@dataclass
-class DecodeConfig:
-    source: str
-    out: str
-    limit: int | None = 16
-    keys: list[str] | None = None
-    vae: str | None = None  # needed for a bare .npy; overrides what the latents name
-    batch_size: int = 16
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        whole(self, limit=1, batch_size=1)
-        one_of(self, device=("auto", "cpu", "cuda"))
 
 
 def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) -> torch.Tensor:

@@ -9,9 +9,8 @@ fixed positions within them: a piece encodes to the same bits whichever worker o
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,54 +20,12 @@ from tqdm.auto import tqdm
 
 from liquidgen.cache.builder import CacheBuilder
 from liquidgen.cache.manifest import Manifest, Storage
-from liquidgen.cache.shards import DTYPES, calibrate_uint8
-from liquidgen.checks import whole
+from liquidgen.cache.shards import calibrate_uint8
+from liquidgen.config import EncodeConfig
 from liquidgen.errors import LiquidgenError, printable
 from liquidgen.pipeline.images import Preprocess, load_image
 from liquidgen.pipeline.sources import ImageSource, Piece, open_source
-from liquidgen.pipeline.vae import STORE_CHOICES, FrozenVae, load_vae
-
-
-MAX_RESOLUTION = 8192  # a latent of 1024x1024x32: past this one image fills a batch's memory
-
-
-@dataclass
-class EncodeConfig:
-    source: str
-    out: str
-    vae: str = "flux"
-    vae_subfolder: str | None = None
-    resolution: int = 256
-    format: str = "zarr"  # zarr | wds
-    dtype: str = "fp16"  # fp16 | bf16 | fp32 | uint8
-    store: str = "mean"  # mean | sample | moments (KL VAEs)
-    flip: str = "none"  # none | both
-    limit: int | None = None
-    batch_size: int = 32
-    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
-    shard_size: int = 1024
-    data_dir: str | None = None
-    device: str = "auto"
-    vae_dtype: str = "auto"
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        choices = {"format": ("zarr", "wds"), "dtype": DTYPES, "store": STORE_CHOICES, "flip": ("none", "both")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise LiquidgenError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        for name in ("batch_size", "shard_size", "resolution"):
-            if getattr(self, name) < 1:
-                raise LiquidgenError(f"--{name.replace('_', '-')} must be positive")
-        if self.resolution > MAX_RESOLUTION:
-            raise LiquidgenError(f"--resolution {self.resolution} is above {MAX_RESOLUTION}: one image's latent would not "
-                                 "fit a batch in memory")
-        if self.workers < 0:
-            raise LiquidgenError("--workers must be 0 (decode in this process) or more")
-        if self.limit is not None and self.limit < 1:
-            raise LiquidgenError("--limit must be at least 1 (leave it out to encode everything)")
-        whole(self, seed=0)
+from liquidgen.pipeline.vae import FrozenVae, load_vae
 
 
 @dataclass

@@ -10,40 +10,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from liquidgen.checks import finite, one_of, whole
+from liquidgen.config import EvalConfig
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.eval.metrics import compare
 from liquidgen.pipeline.decode import decode_latents
 from liquidgen.pipeline.checkpoint import load_run
 from liquidgen.pipeline.sampler import generate_raw, pick_labels
-
-
-@dataclass
-class EvalConfig:
-    run: str
-    cache: str
-    n: int = 2000
-    steps: int = 50
-    cfg_scale: float = 1.0
-    seed: int = 0
-    batch_size: int = 64
-    out: str | None = None  # default: <run>/eval.json
-    device: str = "auto"
-    FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg"}
-
-    def __post_init__(self) -> None:
-        whole(self, n=2, steps=1, seed=0, batch_size=1)
-        finite(self, cfg_scale=(0, None))
-        one_of(self, device=("auto", "cpu", "cuda"))
 
 
 def _real_images(cache: str, n: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

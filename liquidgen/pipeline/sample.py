@@ -5,42 +5,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
-from liquidgen.checks import finite, one_of, whole
+from liquidgen.config import SampleConfig
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.checkpoint import load_run
 from liquidgen.pipeline.images import image_grid, save_images
 from liquidgen.pipeline.sampler import generate_raw, pick_labels
-
-
-@dataclass
-class SampleConfig:
-    run: str
-    out: str
-    n: int = 16
-    steps: int = 50
-    cfg_scale: float = 1.0
-    guidance_interval: tuple[float, float] = (0.0, 0.75)
-    class_name: str | None = None  # None: cycle through all classes
-    sampler: str = "euler"  # euler | heun
-    seed: int = 0
-    batch_size: int = 64
-    latents_only: bool = False
-    checkpoint: str | None = None  # a step-XXXXXXX folder name; default the latest
-    device: str = "auto"
-    FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg", "class_name": "--class"}
-
-    def __post_init__(self) -> None:
-        whole(self, n=1, steps=1, seed=0, batch_size=1)
-        finite(self, cfg_scale=(0, None))
-        one_of(self, sampler=("euler", "heun"), device=("auto", "cpu", "cuda"))
-        lo, hi = self.guidance_interval
-        if not (0 <= lo <= hi <= 1):
-            raise LiquidgenError(f"--guidance-interval must be LO,HI with 0 <= LO <= HI <= 1 (got {lo},{hi})")
 
 
 @dataclass

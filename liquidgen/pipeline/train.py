@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -25,62 +26,11 @@ from liquidgen.backbone.models import MODELS, build_model, model_spec
 from liquidgen.backbone.unet import count_parameters
 from liquidgen.cache.loader import open_latents
 from liquidgen.cache.lock import CacheLock
-from liquidgen.checks import finite, one_of, whole
+from liquidgen.config import TrainConfig
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline import checkpoint as ckpt
 from liquidgen.pipeline.images import image_grid
 from liquidgen.pipeline.sampler import sample_latents
-
-
-@dataclass
-class TrainConfig:
-    cache: str | list[str]  # a cache folder or URL; several are mixed by `mix`
-    out: str
-    model: str = "small"  # a liquid size, or a diffusers baseline (dit-tiny, unet-small, ...)
-    cfc: str | None = None  # override the size's CfC variant: paper | timegate | static
-    relax: bool | None = None
-    global_path: bool | None = None
-    kernels: tuple[int, ...] | None = None
-    grid: int | None = None  # the layout path's grid (cells per side); 0 or None: off
-    head: str | None = None  # the output head: ada (default) | gn
-    batch_size: int = 256
-    steps: int = 100_000
-    lr: float = 2e-4
-    warmup: int | None = None  # None: min(1000, steps // 10), so a short run leaves warmup
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    class_dropout: float = 0.1
-    log_every: int = 50
-    ckpt_every: int | None = None  # None: min(2000, steps // 10), so a run stopped early keeps one
-    preview_every: int | None = None  # None: min(2000, steps // 4); 0: never
-    preview_n: int = 16
-    preview_steps: int = 25
-    cfg_scale: float = 2.0
-    seed: int = 0
-    resume: bool = False
-    memory_limit_gb: float = 4.0  # caches larger than this (at their stored size) are streamed
-    keep_shards: bool = True  # a remote cache's fetched shards stay under $LIQUIDGEN_HOME/caches
-    cache_limit_gb: float | None = None  # ... at most this many GB of them (least recently used evicted)
-    mix: list[float] | None = None  # weights of several caches (default: equal)
-    compile: bool = False
-    device: str = "auto"
-    threads: int | None = None  # torch's intra-op threads on the CPU; None: torch's own choice
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        """Defaults that follow --steps, then every value checked, before anything is written."""
-        if isinstance(self.steps, int) and self.steps >= 1:
-            self.warmup = min(1000, self.steps // 10) if self.warmup is None else self.warmup
-            self.ckpt_every = max(1, min(2000, self.steps // 10)) if self.ckpt_every is None else self.ckpt_every
-            self.preview_every = max(1, min(2000, self.steps // 4)) if self.preview_every is None else self.preview_every
-        whole(self, batch_size=1, steps=1, warmup=0, log_every=1, ckpt_every=1, preview_every=0, preview_n=1,
-              preview_steps=1, seed=0, grid=0, threads=1)
-        finite(self, lr=((">", 0), None), weight_decay=(0, None), grad_clip=((">", 0), None), ema=(0, 1),
-               class_dropout=(0, 1), cfg_scale=(0, None), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
-        one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=("auto", "cpu", "cuda"))
-        if self.kernels is not None and (not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels)):
-            raise LiquidgenError(f"--kernels must be odd sizes of at least 1, e.g. 3,5,7 (got {self.kernels})")
 
 
 @dataclass
@@ -174,13 +124,37 @@ def _check_resume(run: Path, config: dict) -> None:
                              f"{old['cache']['path']}); resume with that --cache or use a new --out")
 
 
+def free_cores(window: float = 0.3) -> int:
+    """Torch's intra-op threads when --threads is not given: one per core that other processes
+    leave free, measured now over `window` seconds from /proc/stat (a load average would lag
+    behind a command that just finished). Torch's own default, one per core, makes each op wait
+    for its slowest thread when another process holds a core: measured on 2 cores, steps 6x
+    slower than with one thread (docs/benchmarks.md, "Torch threads")."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+        first = _cpu_times()
+        time.sleep(window)
+        second = _cpu_times()
+    except (AttributeError, OSError, ValueError):  # not Linux: torch's choice
+        return torch.get_num_threads()
+    total, idle = (b - a for a, b in zip(first, second))
+    busy = (total - idle) / max(total, 1) * (os.cpu_count() or cores)
+    return max(1, min(torch.get_num_threads(), cores - round(busy)))
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(all, idle) jiffies of every CPU since boot, from /proc/stat's first line."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    return sum(fields[:8]), fields[3] + fields[4]  # idle + iowait; guest time is inside user
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train into the run folder `cfg.out`, which one process tree writes at a time: a second
     `train` into it is refused while the first lives (a killed one's lock is taken over)."""
     from accelerate import PartialState
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or free_cores())
     state = PartialState(cpu=not (torch.cuda.is_available() and cfg.device != "cpu"))
     lock = None
     if state.is_main_process:

@@ -41,7 +41,6 @@ VAE_PRESETS: dict[str, VaePreset] = {
     "taef2": VaePreset("taef2", None, "tiny FLUX.2 VAE, 32 channels: shipped, offline", folder=TAEF2),
 }
 
-STORE_CHOICES = ("mean", "sample", "moments")
 
 
 def _find_pth_pair(folder: Path) -> tuple[Path, Path] | None:

@@ -1,0 +1,189 @@
+"""Every stage's configuration, in one torch-free module: each dataclass's fields are its stage's
+options, their defaults are the CLI's defaults (cli.py reads them from here, so each is written
+once), and `__post_init__` checks every value, raising one `LiquidgenError` naming the flag
+before anything is read or written. The stages (`liquidgen.pipeline.*`) take these.
+
+The vocabularies a cache is described in (stored dtypes, what is stored) live here too, so the
+command line, the manifest and the shard files agree on one list."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import ClassVar
+
+from liquidgen.checks import finite, one_of, whole
+from liquidgen.errors import LiquidgenError
+
+DTYPES = ("fp16", "bf16", "fp32", "uint8")  # how latents are stored
+STORE_CHOICES = ("mean", "sample", "moments")  # what of a KL VAE's posterior is stored
+FORMATS = ("zarr", "wds")  # Zarr v3 groups or WebDataset tars, one per shard
+FLIPS = ("none", "both")  # both: the mirrored image is encoded too
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def defaults(cls) -> SimpleNamespace:
+    """A config's defaults by field name (`defaults(TrainConfig).lr`), for the CLI to show and
+    pass on: the dataclass is where each default is written."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return SimpleNamespace(**out)
+
+
+MAX_RESOLUTION = 8192  # a latent of 1024x1024x32: past this one image fills a batch's memory
+
+
+@dataclass
+class EncodeConfig:
+    source: str
+    out: str
+    vae: str = "flux"
+    vae_subfolder: str | None = None
+    resolution: int = 256
+    format: str = "zarr"  # zarr | wds
+    dtype: str = "fp16"  # fp16 | bf16 | fp32 | uint8
+    store: str = "mean"  # mean | sample | moments (KL VAEs)
+    flip: str = "none"  # none | both
+    limit: int | None = None
+    batch_size: int = 32
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    shard_size: int = 1024
+    data_dir: str | None = None
+    device: str = "auto"
+    vae_dtype: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"format": FORMATS, "dtype": DTYPES, "store": STORE_CHOICES, "flip": FLIPS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise LiquidgenError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("batch_size", "shard_size", "resolution"):
+            if getattr(self, name) < 1:
+                raise LiquidgenError(f"--{name.replace('_', '-')} must be positive")
+        if self.resolution > MAX_RESOLUTION:
+            raise LiquidgenError(f"--resolution {self.resolution} is above {MAX_RESOLUTION}: one image's latent would not "
+                                 "fit a batch in memory")
+        if self.workers < 0:
+            raise LiquidgenError("--workers must be 0 (decode in this process) or more")
+        if self.limit is not None and self.limit < 1:
+            raise LiquidgenError("--limit must be at least 1 (leave it out to encode everything)")
+        whole(self, seed=0)
+
+
+@dataclass
+class TrainConfig:
+    cache: str | list[str]  # a cache folder or URL; several are mixed by `mix`
+    out: str
+    model: str = "small"  # a liquid size, or a diffusers baseline (dit-tiny, unet-small, ...)
+    cfc: str | None = None  # override the size's CfC variant: paper | timegate | static
+    relax: bool | None = None
+    global_path: bool | None = None
+    kernels: tuple[int, ...] | None = None
+    grid: int | None = None  # the layout path's grid (cells per side); 0 or None: off
+    head: str | None = None  # the output head: ada (default) | gn
+    batch_size: int = 256
+    steps: int = 100_000
+    lr: float = 2e-4
+    warmup: int | None = None  # None: min(1000, steps // 10), so a short run leaves warmup
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    class_dropout: float = 0.1
+    log_every: int = 50
+    ckpt_every: int | None = None  # None: min(2000, steps // 10), so a run stopped early keeps one
+    preview_every: int | None = None  # None: min(2000, steps // 4); 0: never
+    preview_n: int = 16
+    preview_steps: int = 25
+    cfg_scale: float = 2.0
+    seed: int = 0
+    resume: bool = False
+    memory_limit_gb: float = 4.0  # caches larger than this (at their stored size) are streamed
+    keep_shards: bool = True  # a remote cache's fetched shards stay under $LIQUIDGEN_HOME/caches
+    cache_limit_gb: float | None = None  # ... at most this many GB of them (least recently used evicted)
+    mix: list[float] | None = None  # weights of several caches (default: equal)
+    compile: bool = False
+    device: str = "auto"
+    threads: int | None = None  # torch's intra-op threads on the CPU; None: one per core not busy now (train.free_cores)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Defaults that follow --steps, then every value checked, before anything is written."""
+        if isinstance(self.steps, int) and self.steps >= 1:
+            self.warmup = min(1000, self.steps // 10) if self.warmup is None else self.warmup
+            self.ckpt_every = max(1, min(2000, self.steps // 10)) if self.ckpt_every is None else self.ckpt_every
+            self.preview_every = max(1, min(2000, self.steps // 4)) if self.preview_every is None else self.preview_every
+        whole(self, batch_size=1, steps=1, warmup=0, log_every=1, ckpt_every=1, preview_every=0, preview_n=1,
+              preview_steps=1, seed=0, grid=0, threads=1)
+        finite(self, lr=((">", 0), None), weight_decay=(0, None), grad_clip=((">", 0), None), ema=(0, 1),
+               class_dropout=(0, 1), cfg_scale=(0, None), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
+        one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=DEVICES)
+        if self.kernels is not None and (not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels)):
+            raise LiquidgenError(f"--kernels must be odd sizes of at least 1, e.g. 3,5,7 (got {self.kernels})")
+
+
+@dataclass
+class SampleConfig:
+    run: str
+    out: str
+    n: int = 16
+    steps: int = 50
+    cfg_scale: float = 1.0
+    guidance_interval: tuple[float, float] = (0.0, 0.75)
+    class_name: str | None = None  # None: cycle through all classes
+    sampler: str = "euler"  # euler | heun
+    seed: int = 0
+    batch_size: int = 64
+    latents_only: bool = False
+    checkpoint: str | None = None  # a step-XXXXXXX folder name; default the latest
+    device: str = "auto"
+    FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg", "class_name": "--class"}
+
+    def __post_init__(self) -> None:
+        whole(self, n=1, steps=1, seed=0, batch_size=1)
+        finite(self, cfg_scale=(0, None))
+        one_of(self, sampler=("euler", "heun"))
+        lo, hi = self.guidance_interval
+        if not (0 <= lo <= hi <= 1):
+            raise LiquidgenError(f"--guidance-interval must be LO,HI with 0 <= LO <= HI <= 1 (got {lo},{hi})")
+
+
+@dataclass
+class DecodeConfig:
+    source: str
+    out: str
+    limit: int | None = 16
+    keys: list[str] | None = None
+    vae: str | None = None  # needed for a bare .npy; overrides what the latents name
+    batch_size: int = 16
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        whole(self, limit=1, batch_size=1)
+
+
+
+@dataclass
+class EvalConfig:
+    run: str
+    cache: str
+    n: int = 2000
+    steps: int = 50
+    cfg_scale: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+    out: str | None = None  # default: <run>/eval.json
+    device: str = "auto"
+    FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg"}
+
+    def __post_init__(self) -> None:
+        whole(self, n=2, steps=1, seed=0, batch_size=1)
+        finite(self, cfg_scale=(0, None))
+
