@@ -91,7 +91,8 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
     model: str = typer.Option(TRAIN.model, "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); or a diffusers "
                               "baseline to compare with: dit-tiny, dit-small, unet-tiny, unet-small."),
-    batch_size: int = typer.Option(TRAIN.batch_size, "--batch-size", "-b", help="Global batch size (split across processes)."),
+    batch_size: int = typer.Option(TRAIN.batch_size, "--batch-size", "-b", help="Global batch size of one forward (split across processes); "
+                                   "an optimizer step takes --grad-accum of them."),
     steps: int = typer.Option(TRAIN.steps, help="Total optimizer steps."),
     lr: float = typer.Option(TRAIN.lr, help="Peak learning rate (AdamW, linear warmup)."),
     warmup: Optional[int] = typer.Option(TRAIN.warmup, help="Warmup steps (default: min(1000, steps/10))."),
@@ -115,6 +116,11 @@ def train(
                                                    "the least recently used are deleted first (default: no limit)."),
     compile: bool = typer.Option(TRAIN.compile, "--compile", help="torch.compile the model."),
     device: str = typer.Option(TRAIN.device, help="auto or cpu."),
+    grad_accum: int = typer.Option(TRAIN.grad_accum, help="Batches of --batch-size summed into each optimizer step, "
+                                   "through Accelerate's accumulate(): the effective batch is --batch-size x --grad-accum."),
+    report_to: str = typer.Option(TRAIN.report_to, help="Experiment tracker, through Accelerate: none, tensorboard, wandb, or all "
+                                  "(every installed one). Writes loss, lr, latents/s and the previews; TensorBoard's files go "
+                                  "under RUN/liquidgen (pip install 'liquidgen[tensorboard]')."),
     threads: Optional[int] = typer.Option(TRAIN.threads, help="Torch's intra-op threads for CPU work (default: one per core "
                                           "that other processes leave free, measured at the start; torch's own one per core "
                                           "is 6x slower on a busy 2-core machine)."),
@@ -133,7 +139,7 @@ def train(
         kernels=sizes, grid=grid, head=head, ema=ema,
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
-        compile=compile, device=device, threads=threads,
+        compile=compile, device=device, threads=threads, grad_accum=grad_accum, report_to=report_to,
     )
     result = run(cfg)
     if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would

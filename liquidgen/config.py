@@ -22,6 +22,7 @@ STORE_CHOICES = ("mean", "sample", "moments")  # what of a KL VAE's posterior is
 FORMATS = ("zarr", "wds")  # Zarr v3 groups or WebDataset tars, one per shard
 FLIPS = ("none", "both")  # both: the mirrored image is encoded too
 DEVICES = ("auto", "cpu", "cuda")
+REPORT_TO = ("none", "tensorboard", "wandb", "all")  # experiment trackers, through Accelerate
 
 
 def defaults(cls) -> SimpleNamespace:
@@ -111,6 +112,8 @@ class TrainConfig:
     mix: list[float] | None = None  # weights of several caches (default: equal)
     compile: bool = False
     device: str = "auto"
+    grad_accum: int = 1  # batches of --batch-size per optimizer step: the effective batch is their product
+    report_to: str = "none"  # none | tensorboard | wandb | all (every installed one)
     threads: int | None = None  # torch's intra-op threads on the CPU; None: one per core not busy now (train.free_cores)
     progress: bool = True
 
@@ -121,10 +124,11 @@ class TrainConfig:
             self.ckpt_every = max(1, min(2000, self.steps // 10)) if self.ckpt_every is None else self.ckpt_every
             self.preview_every = max(1, min(2000, self.steps // 4)) if self.preview_every is None else self.preview_every
         whole(self, batch_size=1, steps=1, warmup=0, log_every=1, ckpt_every=1, preview_every=0, preview_n=1,
-              preview_steps=1, seed=0, grid=0, threads=1)
+              preview_steps=1, seed=0, grid=0, threads=1, grad_accum=1)
         finite(self, lr=((">", 0), None), weight_decay=(0, None), grad_clip=((">", 0), None), ema=(0, 1),
                class_dropout=(0, 1), cfg_scale=(0, None), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
-        one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=DEVICES)
+        one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=DEVICES,
+               report_to=REPORT_TO)
         if self.kernels is not None and (not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels)):
             raise LiquidgenError(f"--kernels must be odd sizes of at least 1, e.g. 3,5,7 (got {self.kernels})")
 

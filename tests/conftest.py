@@ -47,6 +47,17 @@ def paintings40(tmp_path_factory) -> Path:
     return make_subset(tmp_path_factory.mktemp("paintings40"), per_class=20)
 
 
+@pytest.fixture(scope="module")
+def cache40(paintings40, tmp_path_factory) -> Path:
+    """The 40 paintings encoded at 64 px (latents 32x8x8) in shards of 16: a small real cache."""
+    from liquidgen.pipeline.encode import EncodeConfig, encode
+
+    out = tmp_path_factory.mktemp("cache40") / "c"
+    encode(EncodeConfig(str(paintings40), str(out), vae=str(TAEF2), resolution=64, shard_size=16,
+                        batch_size=8, workers=1, progress=False))
+    return out
+
+
 def source_image(folder: Path, key: str, resolution: int) -> np.ndarray:
     """The preprocessed source image behind a cache key, as the encoder saw it."""
     return load_image(str(folder / key), Preprocess(resolution=resolution))

@@ -350,3 +350,24 @@ def test_every_numeric_option_refuses_values_that_mean_nothing(tmp_path):
             assert not out.exists(), f"{where} wrote {out}"
             walked.add(option)
     assert {"--lr", "--batch-size", "--steps", "--cfg", "--limit", "--resolution", "--workers"} <= walked
+
+
+@pytest.mark.reliability("an image whose name holds a newline and a tab, and a source folder whose name holds "
+                         "rich markup, on the terminal", "names printed escaped, on one line; no markup interpreted")
+def test_names_from_inputs_are_escaped_on_the_terminal(tmp_path):
+    import shutil
+
+    from conftest import PAINTINGS, TAEF2
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "evil\nname\tforged.jpg").write_text("not an image")
+    shutil.copy(sorted((PAINTINGS / "Baroque").iterdir())[0], folder / "good.jpg")
+    result = run_cli("encode", str(folder), "--vae", str(TAEF2), "-r", "64", "--out", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "evil\nname" not in output and "name\tforged" not in output and "evil\\nname\\tforged" in output
+    # a path with markup in an error line is printed as it is, not styled
+    marked = tmp_path / "[bold red]x[/bold red]"
+    result = run_cli("cache", "info", str(marked))
+    assert result.returncode == 1 and "[bold red]x[/bold red]" in result.stderr, result.stderr

@@ -23,14 +23,6 @@ from liquidgen.pipeline.encode import EncodeConfig, encode
 from liquidgen.pipeline.train import TrainConfig, _check_memory, train
 
 
-@pytest.fixture(scope="module")
-def cache40(paintings40, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cache40") / "c"
-    encode(EncodeConfig(str(paintings40), str(out), vae=str(TAEF2), resolution=64, shard_size=16,
-                        batch_size=8, workers=1, progress=False))
-    return out
-
-
 def tcfg(cache, out, **kw) -> TrainConfig:
     defaults = dict(model="nano", batch_size=8, steps=24, lr=2e-3, warmup=4, log_every=4, ckpt_every=12,
                     preview_every=0, progress=False)

@@ -31,6 +31,7 @@ from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline import checkpoint as ckpt
 from liquidgen.pipeline.images import image_grid
 from liquidgen.pipeline.sampler import sample_latents
+from liquidgen.pipeline.tracking import hyperparameters, log_image, log_with
 
 
 @dataclass
@@ -154,6 +155,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     `train` into it is refused while the first lives (a killed one's lock is taken over)."""
     from accelerate import PartialState
 
+    trackers = log_with(cfg.report_to)  # a tracker that is not installed: one line, nothing written
     torch.set_num_threads(cfg.threads or free_cores())
     state = PartialState(cpu=not (torch.cuda.is_available() and cfg.device != "cpu"))
     lock = None
@@ -168,20 +170,29 @@ def train(cfg: TrainConfig) -> TrainResult:
         lock = CacheLock(run).acquire()
         ckpt.remove_unfinished(run)
     try:
-        return _train(cfg)
+        return _train(cfg, trackers)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg: TrainConfig) -> TrainResult:
+def _stream(data, epoch: int, skip: int):
+    """The loader's batches epoch after epoch, each with where it stands (epoch, batch number)."""
+    while True:
+        for batch, (x0, labels) in enumerate(data.batches(epoch, skip=skip), start=skip + 1):
+            yield epoch, batch, x0, labels
+        epoch, skip = epoch + 1, 0
+
+
+def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
     if cfg.model not in MODELS:
         raise LiquidgenError(f"unknown --model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no",
+                              gradient_accumulation_steps=cfg.grad_accum, log_with=trackers or None, project_dir=cfg.out)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     run = Path(cfg.out)
 
@@ -242,6 +253,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 
+    if trackers:  # TensorBoard writes under RUN/liquidgen/
+        accelerator.init_trackers("liquidgen", config=hyperparameters(config))
     if accelerator.is_main_process:
         ckpt.write_run_config(run, config)
         accelerator.print(f"{cfg.model}: {params / 1e6:.2f}M parameters, {data.count} latents "
@@ -254,75 +267,95 @@ def _train(cfg: TrainConfig) -> TrainResult:
     metrics = (run / "metrics.jsonl").open("a") if accelerator.is_main_process else None
     # where the data stands: saved in each checkpoint, so a resume on any number of processes
     # continues the epoch (a streamed cache without repeating a shard)
-    epoch, skip = data.start(state.get("position") if state else None, step)
+    epoch, skip = data.start(state.get("position") if state else None, step * cfg.grad_accum)
+    micro = _stream(data, epoch, skip)
     stops = StopSignals().__enter__()
     try:
         while step < cfg.steps and result.stopped_by is None:
-            for batch, (x0, labels) in enumerate(data.batches(epoch, skip=skip), start=skip + 1):
+            # one optimizer step: --grad-accum batches of --batch-size, their gradients summed by
+            # Accelerate's accumulate(); the step's randomness is drawn for all of them at once,
+            # so N batches of B/N make the same update as one batch of B
+            parts = [next(micro) for _ in range(cfg.grad_accum)]
+            epoch, batch = parts[-1][0], parts[-1][1]
+            n = sum(len(p[2]) for p in parts)
+            t_all = torch.sigmoid(torch.randn(n, generator=gen, device=device))  # logit-normal(0, 1)
+            noise_all = torch.randn((n, *parts[0][2].shape[1:]), generator=gen, device=device)
+            drop_all = torch.rand(n, generator=gen, device=device) < cfg.class_dropout
+            at, step_loss = 0, torch.zeros((), device=device)
+            for _, _, x0, labels in parts:
                 x0 = x0.to(device, non_blocking=True)
-                t = torch.sigmoid(torch.randn(len(x0), generator=gen, device=device))  # logit-normal(0, 1)
-                noise = torch.randn(x0.shape, generator=gen, device=device)
-                drop = torch.rand(len(x0), generator=gen, device=device) < cfg.class_dropout
+                t, noise, drop = (a[at : at + len(x0)] for a in (t_all, noise_all, drop_all))
+                at += len(x0)
                 y = torch.where(drop, raw.null_class, labels.to(device)) if data.num_classes else None
                 xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
-                with accelerator.autocast():
-                    v = model(xt, t, y)
-                loss = F.mse_loss(v.float(), noise - x0)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    decay = min(cfg.ema, (1 + step) / (10 + step))  # warm-up EMA
-                    # one fused call for every parameter, not a Python loop of lerp_ per tensor
-                    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in raw.parameters()], 1 - decay)
-                step += 1
-                log_loss += loss.detach()
-                log_n += 1
-                if not cuda:  # free on CPU; on a GPU checked at log and checkpoint steps
-                    result.losses.append(loss.item())
-                if stops.requested(accelerator):  # Ctrl-C or SIGTERM: this step is the last, and saved
-                    result.stopped_by = signal.Signals(stops.caught or signal.SIGTERM).name
-                last = step == cfg.steps or result.stopped_by is not None
-                if step % cfg.log_every == 0 or last or step % cfg.ckpt_every == 0:
-                    mean_loss = accelerator.reduce(log_loss, "mean").item() / log_n
-                    if not math.isfinite(mean_loss):
-                        good = ckpt.latest_checkpoint(run)
-                        raise LiquidgenError(
-                            f"the loss became {mean_loss} by step {step}; training stopped. Last good "
-                            f"checkpoint: {good if good else 'none (nothing was saved)'}; "
-                            "resume from it with --resume, perhaps with a lower --lr")
-                    now = time.time()
-                    record = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                              "steps_per_s": log_n / (now - log_t0),
-                              "latents_per_s": log_n * cfg.batch_size / (now - log_t0), "epoch": epoch}
-                    if metrics:
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lat_s=f"{record['latents_per_s']:.0f}", refresh=False)
-                    log_loss, log_n, log_t0 = torch.zeros((), device=device), 0, now
-                if step % cfg.ckpt_every == 0 or last:
-                    rng_states = gather_object([gen.get_state()])  # every rank's noise stream
-                    if accelerator.is_main_process:
-                        ckpt.save_checkpoint(run, step, raw, ema, {
-                            "step": step, "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "rng": rng_states,
-                            "position": data.position(epoch, batch)})
-                        _plot(run)
-                    accelerator.wait_for_everyone()
-                if preview_every and (step % preview_every == 0 or last) and not result.stopped_by \
-                        and accelerator.is_main_process:
-                    result.previews.append(preview(ema, data, run, step, cfg, device))
-                bar.update(1)
-                if last:
-                    break
-            epoch, skip = epoch + 1, 0
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        v = model(xt, t, y)
+                    loss = F.mse_loss(v.float(), noise - x0)
+                    accelerator.backward(loss)  # scaled by 1/grad_accum inside
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()  # a no-op until the last batch of the step
+                    optimizer.zero_grad(set_to_none=True)
+                step_loss += loss.detach() / cfg.grad_accum
+            scheduler.step()
+            with torch.no_grad():
+                decay = min(cfg.ema, (1 + step) / (10 + step))  # warm-up EMA
+                # one fused call for every parameter, not a Python loop of lerp_ per tensor
+                torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in raw.parameters()], 1 - decay)
+            step += 1
+            log_loss += step_loss
+            log_n += 1
+            if not cuda:  # free on CPU; on a GPU checked at log and checkpoint steps
+                result.losses.append(step_loss.item())
+            if stops.requested(accelerator):  # Ctrl-C or SIGTERM: this step is the last, and saved
+                result.stopped_by = signal.Signals(stops.caught or signal.SIGTERM).name
+            last = step == cfg.steps or result.stopped_by is not None
+            if step % cfg.log_every == 0 or last or step % cfg.ckpt_every == 0:
+                mean_loss = accelerator.reduce(log_loss, "mean").item() / log_n
+                if not math.isfinite(mean_loss):
+                    good = ckpt.latest_checkpoint(run)
+                    raise LiquidgenError(
+                        f"the loss became {mean_loss} by step {step}; training stopped. Last good "
+                        f"checkpoint: {good if good else 'none (nothing was saved)'}; "
+                        "resume from it with --resume, perhaps with a lower --lr")
+                now = time.time()
+                record = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                          "steps_per_s": log_n / (now - log_t0),
+                          "latents_per_s": log_n * cfg.batch_size * cfg.grad_accum / (now - log_t0), "epoch": epoch}
+                if metrics:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                if trackers:
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lat_s=f"{record['latents_per_s']:.0f}", refresh=False)
+                log_loss, log_n, log_t0 = torch.zeros((), device=device), 0, now
+            if step % cfg.ckpt_every == 0 or last:
+                rng_states = gather_object([gen.get_state()])  # every rank's noise stream
+                if accelerator.is_main_process:
+                    ckpt.save_checkpoint(run, step, raw, ema, {
+                        "step": step, "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": rng_states,
+                        "position": data.position(epoch, batch)})
+                    _plot(run)
+                accelerator.wait_for_everyone()
+            if preview_every and (step % preview_every == 0 or last) and not result.stopped_by \
+                    and accelerator.is_main_process:
+                result.previews.append(preview(ema, data, run, step, cfg, device))
+                if trackers:
+                    from PIL import Image
+
+                    with Image.open(result.previews[-1]) as grid:
+                        log_image(accelerator, "preview", grid, step)
+            bar.update(1)
     finally:
+        micro.close()
         stops.__exit__()
         bar.close()
         if metrics:
             metrics.close()
+        if trackers:
+            accelerator.end_training()
     result.step, result.seconds = step, time.time() - t0
     return result
 
