@@ -130,6 +130,28 @@ def test_a_cache_of_format_1_still_reads_the_same_latents_and_upgrades_bit_for_b
     assert sorted(p.name for p in old.iterdir() if p.name != ".verified.json") == ["manifest.json", "shards", "skipped.log"]
 
 
+def test_an_upgrade_stopped_between_swapping_the_shards_and_the_manifest_still_reads(paintings40, tmp_path):
+    """The one moment a kill cannot be aimed at reliably, made on purpose: the rewritten shards
+    are in shards/, manifest.json still describes the old ones. Readers take the pending
+    manifest that describes what is on disk, and a rerun finishes."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    encode(EncodeConfig(str(paintings40), str(new), vae=str(TAEF2), resolution=64, shard_size=8, workers=0,
+                        progress=False, limit=24))
+    format_1_copy(new, old, "zarr")
+    before = (old / "manifest.json").read_text()
+    shutil.copytree(old / "shards", tmp_path / "old-shards")
+    assert upgrade(old, progress=False) == 3
+    # back to the moment after the swap: new shards in place, the old ones aside, two manifests
+    (old / "manifest.upgrade.json").write_text((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(before)
+    shutil.copytree(tmp_path / "old-shards", old / "shards.upgrade")
+    want = InMemoryLatents(str(new), 8).latents
+    assert torch.equal(InMemoryLatents(str(old), 8).latents, want)
+    assert upgrade(old, progress=False) == 0 and CacheDir(old).manifest().format_version == 2
+    assert not (old / "manifest.upgrade.json").exists() and not (old / "shards.upgrade").exists()
+    assert torch.equal(InMemoryLatents(str(old), 8).latents, want) and verify_cache(old)[1] == []
+
+
 @pytest.mark.reliability('kill -9 during `cache upgrade`', 'the cache stays readable; the rerun finishes, every latent bit for bit')
 def test_a_killed_upgrade_leaves_a_readable_cache_and_a_rerun_finishes_it(tmp_path):
     new, old = tmp_path / "new", tmp_path / "old"

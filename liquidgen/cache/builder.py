@@ -30,7 +30,7 @@ import numpy as np
 from liquidgen.cache.lock import CacheLock, remove_stale
 from liquidgen.cache.manifest import FORMAT_VERSION, Manifest, Shard, Skipped, Source, entry_from_json, merge_stats, write_json_atomic
 from liquidgen.cache.shards import ShardData, dequantize, quantize, shard_files, write_shard
-from liquidgen.cache.store import CacheDir
+from liquidgen.cache.store import UPGRADING, CacheDir
 from liquidgen.errors import LiquidgenError
 
 
@@ -323,7 +323,7 @@ def upgrade(root, progress: bool = True) -> int:
         manifest = cache.manifest()
         if not manifest.complete:
             raise LiquidgenError(f"{root}: the encode did not finish; finish it before upgrading")
-        new_dir, pending = cache.root / "shards.upgrade", cache.root / "manifest.upgrade.json"
+        new_dir, pending = cache.root / "shards.upgrade", cache.root / UPGRADING
         if pending.exists() and new_dir.exists():
             done = Manifest.from_json(json.loads(pending.read_text()), str(pending))
             first = done.shards[0] if done.shards else None

@@ -263,13 +263,18 @@ def read_shard(path: Path, backend: str, into: dict[str, np.ndarray] | None = No
         raise LiquidgenError(f"cannot read shard {path}: {exc.__class__.__name__}: {str(exc)[:200]}") from None
 
 
+def disk_bytes(path: Path) -> int:
+    """A shard's bytes on disk: the tar, or every file of the Zarr folder."""
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def check_on_disk(path: Path, backend: str, expect: Expect) -> None:
     """The shard is what its manifest says on disk: a file (tar) or a folder of files (Zarr), of
     the declared size. A lying header cannot then make a reader read more than that."""
     if backend == "wds" and not path.is_file() or backend == "zarr" and not path.is_dir():
         what = "missing" if not path.exists() else "a folder" if path.is_dir() else "not a folder"
         raise LiquidgenError(f"{path}: the shard is {what}; run `liquidgen cache verify` on the cache")
-    size = path.stat().st_size if backend == "wds" else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    size = disk_bytes(path)
     if size != expect.nbytes:
         raise LiquidgenError(f"{path}: the shard is {size} bytes, its manifest says {expect.nbytes} (damaged or replaced: "
                              "run `liquidgen cache verify`)")

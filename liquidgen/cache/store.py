@@ -17,11 +17,12 @@ import threading
 import time
 from pathlib import Path
 
-from liquidgen.cache.manifest import MANIFEST, Manifest, Shard, read_manifest, write_json_atomic
-from liquidgen.cache.shards import SUFFIX, Expect, ShardData, check_finite, check_on_disk, read_shard, shard_digest
+from liquidgen.cache.manifest import MANIFEST, Manifest, Shard, parse_manifest, read_manifest, write_json_atomic
+from liquidgen.cache.shards import SUFFIX, Expect, ShardData, check_finite, check_on_disk, disk_bytes, read_shard, shard_digest
 from liquidgen.errors import LiquidgenError
 
 VERIFIED = ".verified.json"
+UPGRADING = "manifest.upgrade.json"  # `cache upgrade`'s manifest of the rewritten shards, until they are in
 
 
 class CacheDir:
@@ -38,7 +39,19 @@ class CacheDir:
         return self.manifest_path.exists()
 
     def manifest(self) -> Manifest:
-        return read_manifest(self.root)
+        """The manifest that describes the shards on disk. That is manifest.json, except in the
+        moment `cache upgrade` has swapped in the rewritten shards and not yet replaced the
+        manifest (or was killed there): then the pending one it wrote first describes them."""
+        manifest = read_manifest(self.root)
+        pending = self.root / UPGRADING
+        if pending.is_file() and manifest.shards:
+            upgraded = parse_manifest(pending.read_bytes(), str(pending))
+            first = upgraded.shards[0] if upgraded.shards else None
+            path = self.shard_path(first.name) if first else None
+            if path is not None and path.exists() and first.bytes != manifest.shards[0].bytes \
+                    and disk_bytes(path) == first.bytes:
+                return upgraded
+        return manifest
 
     def write_manifest(self, manifest: Manifest) -> None:
         manifest.write(self.manifest_path)

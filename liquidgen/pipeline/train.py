@@ -69,10 +69,13 @@ class StopSignals:
             signal.signal(s, handler)
         self.previous = {}
 
-    def requested(self, accelerator) -> bool:
-        """Whether any process was signalled; every process agrees, so they stop at one step."""
+    def requested(self, accelerator, step: int, every: int) -> bool:
+        """Whether any process was signalled. One process asks every step; several agree every
+        `every` steps (the log steps), where one small all-reduce costs no extra device sync."""
         if accelerator.num_processes == 1:
             return self.caught is not None
+        if step % every:
+            return False
         flag = torch.tensor(float(self.caught is not None), device=accelerator.device)
         return bool(accelerator.reduce(flag, "sum").item())
 
@@ -192,7 +195,8 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
         raise LiquidgenError(f"unknown --model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no",
-                              gradient_accumulation_steps=cfg.grad_accum, log_with=trackers or None, project_dir=cfg.out)
+                              gradient_accumulation_steps=cfg.grad_accum, log_with=trackers or None,
+                              project_dir=cfg.out if trackers else None)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     run = Path(cfg.out)
 
@@ -308,7 +312,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
             log_n += 1
             if not cuda:  # free on CPU; on a GPU checked at log and checkpoint steps
                 result.losses.append(step_loss.item())
-            if stops.requested(accelerator):  # Ctrl-C or SIGTERM: this step is the last, and saved
+            if stops.requested(accelerator, step, cfg.log_every):  # Ctrl-C or SIGTERM: this step is the last, and saved
                 result.stopped_by = signal.Signals(stops.caught or signal.SIGTERM).name
             last = step == cfg.steps or result.stopped_by is not None
             if step % cfg.log_every == 0 or last or step % cfg.ckpt_every == 0:
