@@ -383,7 +383,8 @@ def cache_pull(
 
 
 def main() -> None:
-    """Entry point: user errors print one line and exit 1; Ctrl-C exits 130 keeping finished shards."""
+    """Entry point: user errors print one line and exit 1, usage errors exit 2; Ctrl-C exits 130 keeping what
+    is finished (training saves a checkpoint first)."""
     try:  # recent typer carries its own copy of click
         from typer._click.exceptions import UsageError
     except ImportError:
