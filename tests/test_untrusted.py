@@ -133,9 +133,8 @@ def test_a_manifest_that_lies_about_its_count(cache, count, message):
 
 @reliability("a Zarr shard of a few KB whose metadata declares 4 GiB of latents",
              "refused from its metadata before anything is decompressed")
+@pytest.mark.parametrize("clean", ["zarr"], indirect=True)  # a Zarr shard's metadata
 def test_a_zarr_shard_that_would_decompress_to_gigabytes(cache):
-    if CacheDir(cache).manifest().storage.backend != "zarr":
-        pytest.skip("a Zarr shard's metadata")
     import zarr
 
     path = CacheDir(cache).shard_path(CacheDir(cache).manifest().shards[0].name) / "latents"
@@ -148,9 +147,8 @@ def test_a_zarr_shard_that_would_decompress_to_gigabytes(cache):
 
 
 @reliability("a tar shard with two members of the same name", "refused: which one is meant is not for the reader to guess")
+@pytest.mark.parametrize("clean", ["wds"], indirect=True)  # a tar shard
 def test_a_tar_with_duplicate_members(cache):
-    if CacheDir(cache).manifest().storage.backend != "wds":
-        pytest.skip("a tar shard")
     import tarfile
 
     path = CacheDir(cache).shard_path(CacheDir(cache).manifest().shards[0].name)

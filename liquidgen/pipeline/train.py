@@ -210,7 +210,8 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
     except ValueError as exc:
         raise LiquidgenError(str(exc)) from None
     params = _check_memory(spec, device)
-    config = {"train": asdict(cfg), "model": spec, "cache": _cache_identity(data),
+    config = {"train": {**asdict(cfg), "threads": torch.get_num_threads()},  # the threads chosen, not None
+              "model": spec, "cache": _cache_identity(data),
               # what sampling needs without the cache: undo normalization, name classes, decode
               "latents": {"shape": list(data.shape), "mean": data.manifest.stats["mean"][: data.shape[0]],
                           "std": data.manifest.stats["std"][: data.shape[0]],
