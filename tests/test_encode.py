@@ -176,6 +176,26 @@ def test_a_stale_lock_from_a_dead_writer_is_taken_over(paintings12, tmp_path):
     assert encode(config(paintings12, tmp_path / "c", limit=4)).total == 4
 
 
+@pytest.mark.reliability("a lock file left empty or half-written (a writer killed between creating and filling it)",
+                         "taken over once it is seconds old; a fresh one is respected")
+@pytest.mark.parametrize("content", ["", '{"pid": 12', "[1, 2]"])
+def test_an_interrupted_lock_file_is_taken_over(paintings12, tmp_path, content):
+    import os
+    import time
+
+    from liquidgen.cache.lock import HALF_WRITTEN_S
+
+    lock = tmp_path / "c" / ".lock"
+    lock.parent.mkdir()
+    lock.write_text(content)
+    with pytest.raises(LiquidgenError, match="is being written"):  # as old as a live writer's: respected
+        encode(config(paintings12, tmp_path / "c", limit=4))
+    old = time.time() - HALF_WRITTEN_S - 1
+    os.utime(lock, (old, old))
+    assert encode(config(paintings12, tmp_path / "c", limit=4)).total == 4
+    assert not lock.exists()
+
+
 @pytest.mark.parametrize("flag", [("--limit", "0"), ("--limit", "-1"), ("--workers", "-1"), ("--shard-size", "0")])
 @pytest.mark.reliability('encode --limit 0, --limit -1, --workers -1, --shard-size 0', 'refused before anything is written')
 def test_nonsense_flags_are_refused_before_anything_is_written(paintings12, tmp_path, flag):

@@ -55,6 +55,9 @@ def remove_stale(folder: Path) -> int:
     return gone
 
 
+HALF_WRITTEN_S = 5.0  # a lock file still empty after this long was left by a killed writer
+
+
 class CacheLock:
     def __init__(self, root: Path):
         self.path = Path(root) / LOCK
@@ -67,6 +70,11 @@ class CacheLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
+                if not holder and self._age() > HALF_WRITTEN_S:
+                    # empty or unreadable for seconds: its writer was killed between creating and
+                    # filling it (a live one fills it at once)
+                    self.path.unlink(missing_ok=True)
+                    continue
                 if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
                     self.path.unlink(missing_ok=True)  # stale: its writer was killed
                     continue
@@ -83,11 +91,18 @@ class CacheLock:
             return self
         raise LiquidgenError(f"could not take the lock {self.path}")
 
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
     def _holder(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        return holder if isinstance(holder, dict) else {}
 
     def release(self) -> None:
         if self.held:
