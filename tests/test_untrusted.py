@@ -192,6 +192,13 @@ def test_a_verified_cache_is_not_hashed_again_but_a_changed_shard_is(cache, monk
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     InMemoryLatents(str(cache), 2)
     assert hashed == [shards[0]]
+    # a copy of the cache, its stamp and mtimes kept (tar, rsync -a), is hashed again: the stamp
+    # says what this machine checked in that place, not what a sender says
+    hashed.clear()
+    copy = Path(shutil.copytree(cache, cache.parent / "copy", copy_function=shutil.copy2))
+    assert (copy / VERIFIED).exists()
+    InMemoryLatents(str(copy), 2)
+    assert sorted(hashed) == sorted(shards)
 
 
 @reliability("a shard that is a folder where a file belongs (or a file where a folder belongs)", "refused naming it")

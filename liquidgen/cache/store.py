@@ -12,6 +12,7 @@ Layout:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -73,8 +74,9 @@ class Verified:
     """Checked reads of a cache's shards. Every read checks the shard against the manifest
     (size on disk, shapes, dtype, count, labels in range) before its data is used. The first
     read of a shard on this machine also hashes it against the manifest's sha256 and checks
-    that its floats are finite; that is remembered in `.verified.json` by (size, mtime, sha256),
-    so a verified cache is not rehashed on every run, and a shard changed since is hashed again.
+    that its floats are finite; that is remembered in `.verified.json` by (size, mtime, inode,
+    sha256), so a verified cache is not rehashed on every run, and a shard changed or copied
+    since is hashed again.
     A cache folder that cannot be written keeps the record in memory for the run."""
 
     def __init__(self, cache: CacheDir, manifest: Manifest):
@@ -86,14 +88,17 @@ class Verified:
         self.written = 0.0
         try:
             raw = json.loads(self.path.read_text()) if self.path.is_file() and self.path.stat().st_size < 2**26 else {}
-            self.stamps = {k: v for k, v in raw.items() if isinstance(v, list) and len(v) == 3} if isinstance(raw, dict) else {}
+            self.stamps = {k: v for k, v in raw.items() if isinstance(v, list) and len(v) == 4} if isinstance(raw, dict) else {}
         except (OSError, ValueError):
             self.stamps = {}
 
     def _stat(self, path: Path) -> list:
+        """What a stamp is keyed by: size, newest mtime, and the files' (device, inode), so a
+        stamp copied along with a cache (tar, rsync keep mtimes) does not vouch for the copy."""
         files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
         stats = [f.stat() for f in files]
-        return [sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
+        where = hashlib.sha256(",".join(f"{st.st_dev}:{st.st_ino}" for st in stats).encode()).hexdigest()[:16]
+        return [sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0), where]
 
     def read(self, name: str, into: dict | None = None) -> ShardData:
         shard = self.shard(name)
