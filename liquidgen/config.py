@@ -62,21 +62,11 @@ class EncodeConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"format": FORMATS, "dtype": DTYPES, "store": STORE_CHOICES, "flip": FLIPS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise LiquidgenError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        for name in ("batch_size", "shard_size", "resolution"):
-            if getattr(self, name) < 1:
-                raise LiquidgenError(f"--{name.replace('_', '-')} must be positive")
+        one_of(self, format=FORMATS, dtype=DTYPES, store=STORE_CHOICES, flip=FLIPS)
+        whole(self, batch_size=1, shard_size=1, resolution=1, workers=0, limit=1, seed=0)  # workers 0: in-process
         if self.resolution > MAX_RESOLUTION:
             raise LiquidgenError(f"--resolution {self.resolution} is above {MAX_RESOLUTION}: one image's latent would not "
                                  "fit a batch in memory")
-        if self.workers < 0:
-            raise LiquidgenError("--workers must be 0 (decode in this process) or more")
-        if self.limit is not None and self.limit < 1:
-            raise LiquidgenError("--limit must be at least 1 (leave it out to encode everything)")
-        whole(self, seed=0)
 
 
 @dataclass

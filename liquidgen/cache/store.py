@@ -106,8 +106,8 @@ class Verified:
         where = f"{self.cache.root}: shard {name}"
         if path.is_symlink() or not path.resolve().is_relative_to(self.cache.shards_dir.resolve()):
             raise LiquidgenError(f"{where} is a link to a file outside the cache: refusing it")
-        backend, dtype = self.manifest.storage.backend, self.manifest.storage.dtype
-        check_on_disk(path, backend, self.manifest.expect(shard))  # there, of its kind and size
+        backend, dtype, expect = self.manifest.storage.backend, self.manifest.storage.dtype, self.manifest.expect(shard)
+        check_on_disk(path, backend, expect)  # there, of its kind and size, before it is hashed
         stamp = self._stat(path) + [shard.sha256]
         known = self.stamps.get(name) == stamp
         if not known:
@@ -115,7 +115,7 @@ class Verified:
             if (sha, size) != (shard.sha256, shard.bytes):
                 raise LiquidgenError(f"{where} does not match its manifest ({'sha256' if size == shard.bytes else 'size'} "
                                      "differs): the shard is damaged; fetch or re-encode it, and run `liquidgen cache verify`")
-        data = self.cache.read(name, backend, into, self.manifest.expect(shard))
+        data = self.cache.read(name, backend, into, expect)
         if not known:
             check_finite(data, dtype, where)
             self._remember(name, stamp)

@@ -143,7 +143,7 @@ def free_cores(window: float = 0.3) -> int:
         return torch.get_num_threads()
     total, idle = (b - a for a, b in zip(first, second))
     busy = (total - idle) / max(total, 1) * (os.cpu_count() or cores)
-    return max(1, min(torch.get_num_threads(), cores - round(busy)))
+    return max(1, cores - round(busy))  # not capped by torch.get_num_threads(): an earlier run may have lowered it
 
 
 def _cpu_times() -> tuple[int, int]:
