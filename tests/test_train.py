@@ -24,8 +24,9 @@ from liquidgen.pipeline.train import TrainConfig, _check_memory, train
 
 
 def tcfg(cache, out, **kw) -> TrainConfig:
+    # threads fixed: runs compared bit for bit must split their float sums the same way, whatever the load
     defaults = dict(model="nano", batch_size=8, steps=24, lr=2e-3, warmup=4, log_every=4, ckpt_every=12,
-                    preview_every=0, progress=False)
+                    preview_every=0, progress=False, threads=1)
     return TrainConfig(cache=str(cache), out=str(out), **{**defaults, **kw})
 
 
@@ -196,3 +197,11 @@ def test_a_second_train_into_a_live_run_folder_is_refused(cache40, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(LiquidgenError, match="is a file, not a run folder"):
         train(tcfg(cache40, tmp_path / "file"))
+
+
+def test_a_resume_keeps_the_threads_the_run_used(cache40, tmp_path):
+    """Float sums depend on how ops split across threads: a resume without --threads takes the
+    run's own, not what the machine's load suggests now."""
+    train(tcfg(cache40, tmp_path / "run", steps=4, ckpt_every=4, threads=2))
+    train(tcfg(cache40, tmp_path / "run", steps=8, ckpt_every=4, threads=None, resume=True))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["threads"] == 2

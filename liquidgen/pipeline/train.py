@@ -146,6 +146,19 @@ def free_cores(window: float = 0.3) -> int:
     return max(1, cores - round(busy))  # not capped by torch.get_num_threads(): an earlier run may have lowered it
 
 
+def _resumed_threads(cfg: TrainConfig) -> int | None:
+    """The threads a resumed run used before: float sums depend on how ops are split across
+    threads, so a resume keeps them to stay bit-exact whatever the machine's load is now."""
+    path = Path(cfg.out) / "config.json"
+    if not cfg.resume or not path.is_file():
+        return None
+    try:
+        threads = json.loads(path.read_text()).get("train", {}).get("threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return threads if isinstance(threads, int) and threads >= 1 else None
+
+
 def _cpu_times() -> tuple[int, int]:
     """(all, idle) jiffies of every CPU since boot, from /proc/stat's first line."""
     with open("/proc/stat") as fh:
@@ -159,7 +172,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from accelerate import PartialState
 
     trackers = log_with(cfg.report_to)  # a tracker that is not installed: one line, nothing written
-    torch.set_num_threads(cfg.threads or free_cores())
+    torch.set_num_threads(cfg.threads or _resumed_threads(cfg) or free_cores())
     state = PartialState(cpu=not (torch.cuda.is_available() and cfg.device != "cpu"))
     lock = None
     if state.is_main_process:
