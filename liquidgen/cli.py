@@ -121,6 +121,14 @@ def train(
     report_to: str = typer.Option(TRAIN.report_to, help="Experiment tracker, through Accelerate: none, tensorboard, wandb, or all "
                                   "(every installed one). Writes loss, lr, latents/s and the previews; TensorBoard's files go "
                                   "under RUN/liquidgen (pip install 'liquidgen[tensorboard]')."),
+    val_fraction: float = typer.Option(TRAIN.val_fraction, help="Hold this part of the cache out of training (seeded by --seed, "
+                                       "recorded in config.json) and score the model on it; e.g. 0.05."),
+    eval_every: Optional[int] = typer.Option(TRAIN.eval_every, help="Steps between scores on the held-out part: its flow loss per "
+                                             "t-bin, written to metrics.jsonl, the tracker and loss.png (default: every "
+                                             "checkpoint when --val-fraction is set; 0: never)."),
+    eval_n: int = typer.Option(TRAIN.eval_n, help="Also sample this many images at each score and compare them with as many "
+                                "held-out ones (SWD, random-feature FD and KID, as `liquidgen eval`); 0: the loss only."),
+    eval_steps: int = typer.Option(TRAIN.eval_steps, help="Sampling steps of the --eval-n samples."),
     threads: Optional[int] = typer.Option(TRAIN.threads, help="Torch's intra-op threads for CPU work (default: one per core "
                                           "that other processes leave free, measured at the start; torch's own one per core "
                                           "is 6x slower on a busy 2-core machine)."),
@@ -140,6 +148,7 @@ def train(
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
         compile=compile, device=device, threads=threads, grad_accum=grad_accum, report_to=report_to,
+        val_fraction=val_fraction, eval_every=eval_every, eval_n=eval_n, eval_steps=eval_steps,
     )
     result = run(cfg)
     if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would

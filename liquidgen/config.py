@@ -104,6 +104,10 @@ class TrainConfig:
     device: str = "auto"
     grad_accum: int = 1  # batches of --batch-size per optimizer step: the effective batch is their product
     report_to: str = "none"  # none | tensorboard | wandb | all (every installed one)
+    val_fraction: float = 0.0  # a seeded part of the cache held out of training (cache/split.py)
+    eval_every: int | None = None  # steps between held-out evaluations; None: every checkpoint when --val-fraction, 0: never
+    eval_n: int = 0  # samples scored by the weight-free metrics at each evaluation; 0: the held-out loss only
+    eval_steps: int = 25  # sampling steps of those samples
     threads: int | None = None  # torch's intra-op threads on the CPU; None: one per core not busy now (train.free_cores)
     progress: bool = True
 
@@ -113,12 +117,17 @@ class TrainConfig:
             self.warmup = min(1000, self.steps // 10) if self.warmup is None else self.warmup
             self.ckpt_every = max(1, min(2000, self.steps // 10)) if self.ckpt_every is None else self.ckpt_every
             self.preview_every = max(1, min(2000, self.steps // 4)) if self.preview_every is None else self.preview_every
+            if self.eval_every is None:
+                self.eval_every = self.ckpt_every if self.val_fraction else 0
         whole(self, batch_size=1, steps=1, warmup=0, log_every=1, ckpt_every=1, preview_every=0, preview_n=1,
-              preview_steps=1, seed=0, grid=0, threads=1, grad_accum=1)
+              preview_steps=1, seed=0, grid=0, threads=1, grad_accum=1, eval_every=0,
+              eval_n=0, eval_steps=1)
         finite(self, lr=((">", 0), None), weight_decay=(0, None), grad_clip=((">", 0), None), ema=(0, 1),
-               class_dropout=(0, 1), cfg_scale=(0, None), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
+               class_dropout=(0, 1), cfg_scale=(0, None), val_fraction=(0, 0.5), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
         one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=DEVICES,
                report_to=REPORT_TO)
+        if (self.eval_every or self.eval_n) and not self.val_fraction:
+            raise LiquidgenError("--eval-every and --eval-n score the held-out part of the cache: add --val-fraction, e.g. 0.05")
         if self.kernels is not None and (not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels)):
             raise LiquidgenError(f"--kernels must be odd sizes of at least 1, e.g. 3,5,7 (got {self.kernels})")
 

@@ -276,7 +276,7 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(paintings12, tmp_path, si
 
 # Zero is a meaningful value for these (off, none, the first seed, decode in-process).
 ZERO_MEANS_SOMETHING = {"--workers", "--seed", "--warmup", "--grid", "--ema", "--preview-every", "--memory-limit-gb",
-                        "--cfg"}
+                        "--cfg", "--val-fraction", "--eval-every", "--eval-n"}  # 0: none held out, never, the loss only
 
 
 def _numeric_options():

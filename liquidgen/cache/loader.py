@@ -30,6 +30,7 @@ import torch
 from liquidgen.cache.remote import RemoteShards
 from liquidgen.cache.latents import TORCH_STORED, LatentSpace
 from liquidgen.cache.manifest import merge_stats
+from liquidgen.cache.split import held_out, held_out_order
 from liquidgen.cache.store import CacheDir, Verified, require_complete
 from liquidgen.errors import LiquidgenError
 
@@ -41,7 +42,7 @@ def stored_numpy(t: torch.Tensor) -> np.ndarray:
 
 class _Base:
     def __init__(self, root: str, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 device: str | torch.device = "cpu", remote: RemoteShards | None = None):
+                 device: str | torch.device = "cpu", remote: RemoteShards | None = None, val_fraction: float = 0.0):
         self.remote = remote
         self.cache = remote.cache if remote else CacheDir(root)
         self.manifest = remote.manifest if remote else require_complete(root)
@@ -54,6 +55,10 @@ class _Base:
         self.shape = (self.space.channels, *st.latent_shape[1:])
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.count = self.manifest.count
+        # the rows of `--val-fraction` (cache/split.py): never yielded by `batches`
+        self.val_fraction = val_fraction
+        self.val = held_out(self.manifest, val_fraction, seed)
+        self.train_count = self.count - sum(len(rows) for rows in self.val.values())
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by the {world} processes")
         self.local_batch = batch_size // world
@@ -121,7 +126,32 @@ class _Base:
         return torch.Generator(device=self.device).manual_seed((self.seed * 100_003 + epoch) * 1_000_003 + batch)
 
     def steps_per_epoch(self) -> int:
-        return max(self.count // self.batch_size, 1)
+        return max(self.train_count // self.batch_size, 1)
+
+    def held_out(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `limit` held-out latents of the split's seeded order (all by default), as
+        raw latents (the mean of stored moments, unflipped: what the VAE decodes) and int64
+        labels, on the CPU. Read from the shards that hold them, once."""
+        if not self.val:
+            raise LiquidgenError("this loader holds nothing out: train with --val-fraction above 0")
+        order = held_out_order(self.manifest, self.val_fraction, self.seed)[:limit]
+        wanted: dict[str, list[int]] = {}
+        for name, row in order:
+            wanted.setdefault(name, []).append(row)
+        picked = {}
+        for name, rows in wanted.items():
+            lat, _, lab = self._shard(name)
+            idx = torch.tensor(rows)
+            picked.update({(name, r): (x, y) for r, x, y in zip(rows, self.space.raw(lat[idx]), lab[idx])})
+        return (torch.stack([picked[key][0] for key in order]),
+                torch.stack([picked[key][1] for key in order]))
+
+    def _kept(self, name: str, at: int, n: int) -> torch.Tensor:
+        """Positions `at`.. of shard `name`'s n rows that training may use."""
+        rows = torch.ones(n, dtype=torch.bool)
+        if name in self.val:
+            rows[torch.from_numpy(self.val[name])] = False
+        return rows.nonzero().flatten() + at
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return self.space.to_vae(z)
@@ -209,10 +239,17 @@ class InMemoryLatents(_Base):
         if at != self.count:
             raise LiquidgenError(f"{self.location}: the shards hold {at} latents, the manifest says {self.count}")
         self.host_gather = self.latents.device.type == "cpu"
+        self.train_rows = None  # every row, or those --val-fraction leaves to training
+        if self.val:
+            starts = np.cumsum([0] + [s.count for s in self.manifest.shards])
+            self.train_rows = torch.cat([self._kept(s.name, int(a), s.count)
+                                         for s, a in zip(self.manifest.shards, starts)]).to(self.device)
 
     def stored_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self.count, generator=gen).to(self.device)  # one copy an epoch, not one a step
+        order = torch.randperm(self.train_count, generator=gen).to(self.device)  # one copy an epoch, not one a step
+        if self.train_rows is not None:
+            order = self.train_rows[order]
         for b in range(self.steps_per_epoch()):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             idx = idx[self.rank :: self.world]
@@ -235,7 +272,8 @@ class StreamingLatents(_Base):
         self.names = [s.name for s in self.manifest.shards if s.count]
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead")
         self.ahead: dict[int, _Buffer] = {}  # epoch -> its first buffer, requested early
-        self.counts = {s.name: s.count for s in self.manifest.shards}
+        self.stored_counts = {s.name: s.count for s in self.manifest.shards}  # what a buffer reads
+        self.counts = {name: n - len(self.val.get(name, ())) for name, n in self.stored_counts.items()}  # what trains
         self.resident: list[tuple] | None = None  # the whole cache, when it is one buffer
         # Each rank reads its own shards: every world-th of the epoch's shard order, so an epoch
         # reads each shard once across all ranks. (With fewer shards than ranks, every rank reads
@@ -273,7 +311,7 @@ class StreamingLatents(_Base):
             names = self._order(epoch)[1]
             per_rank = [sum(self.counts[n] for g in self._split(names, r, self.world) for n in g) for r in range(self.world)]
             return min(per_rank) // self.local_batch
-        counts = sorted(s.count for s in self.manifest.shards if s.count)
+        counts = sorted(self.counts[n] for n in self.names)
         return max(sum(counts[: len(counts) // self.world]) // self.local_batch, 1)
 
     def position(self, epoch: int, batch: int) -> dict:
@@ -313,6 +351,14 @@ class StreamingLatents(_Base):
                     break
         return frozenset(begun)
 
+    def _positions(self, carried: int, group: list[str]) -> torch.Tensor:
+        """Where the rows training may use lie in a buffer of `carried` rows, then `group`'s shards."""
+        parts, at = [torch.arange(carried)], carried
+        for name in group:
+            parts.append(self._kept(name, at, self.stored_counts[name]))
+            at += self.stored_counts[name]
+        return torch.cat(parts)
+
     def _request(self, group: list[str]) -> "_Buffer":
         """Start reading a group of shards, in the background, straight into one block."""
         return _Buffer(self, group, head=self.batch_size)
@@ -348,9 +394,11 @@ class StreamingLatents(_Base):
                     requested += 1
                 if requested == len(groups) and len(queue) < self.depth and epoch + 1 not in self.ahead:
                     self.ahead[epoch + 1] = self._request(self._groups(epoch + 1)[1][0])
-            order = torch.randperm(len(lat), generator=gen)
+            order = torch.randperm(len(lat) - sum(len(self.val.get(n, ())) for n in group), generator=gen)
+            if self.val:  # the buffer holds the held-out rows too: the order skips them
+                order = self._positions(len(carry[0][0]) if carry else 0, group)[order]
             size = self.local_batch if self.partitioned else self.batch_size
-            full = len(lat) // size
+            full = len(order) // size
             for b in range(full):
                 if made >= steps:
                     return
@@ -370,7 +418,7 @@ class _Buffer:
     concatenation), with `head` rows free in front for what the previous group left over."""
 
     def __init__(self, loader: StreamingLatents, group: list[str], head: int):
-        counts = [loader.counts[name] for name in group]
+        counts = [loader.stored_counts[name] for name in group]
         shape, dtype = (head + sum(counts), *loader.manifest.storage.latent_shape), TORCH_STORED[loader.space.dtype]
         self.head = head
         self.lat = torch.empty(shape, dtype=dtype)
@@ -489,6 +537,9 @@ def open_latents(root: str | list[str], batch_size: int, memory_limit_gb: float 
         if len(root) == 1:
             root = root[0]
         else:
+            if kwargs.get("val_fraction"):
+                raise LiquidgenError("--val-fraction holds out part of one --cache; with several, train on one or "
+                                     "hold out none")
             loaders = [open_latents(r, batch_size, memory_limit_gb, keep_shards, cache_limit_gb, **kwargs) for r in root]
             return MixedLatents(loaders, list(mix or [1.0] * len(root)), kwargs.get("seed", 0))
     if "://" in root:

@@ -13,24 +13,7 @@ from liquidgen.config import DecodeConfig
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.images import image_grid, save_images
-
-
-def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) -> torch.Tensor:
-    """Raw (unnormalized) latents -> RGB in [0, 1], with the VAE loaded now and dropped after."""
-    from liquidgen.pipeline.vae import load_vae
-
-    if not torch.isfinite(raw).all():
-        bad = int((~torch.isfinite(raw)).flatten(1).any(1).sum())
-        raise LiquidgenError(f"{bad} of the {len(raw)} latents hold NaN or infinite values: nothing to decode "
-                             "(a model that diverged, or a damaged file)")
-    vae = load_vae(vae_spec, device=device)
-    if raw.shape[1] != vae.latent_channels:
-        raise LiquidgenError(f"the latents have {raw.shape[1]} channels but the VAE {vae.info['id']} "
-                             f"expects {vae.latent_channels}")
-    try:
-        return torch.cat([vae.decode(chunk.to(device)).cpu() for chunk in raw.split(batch_size)])
-    finally:
-        del vae
+from liquidgen.pipeline.vae import decode_latents
 
 
 def _from_cache(cfg: DecodeConfig) -> tuple[torch.Tensor, dict, list[str]]:

@@ -52,7 +52,7 @@ def sample(cfg: SampleConfig) -> SampleResult:
         save_file({"latents": raw.contiguous()}, str(out), metadata={
             "format": "liquidgen-latents", "vae": json.dumps(lat["vae"]), "settings": json.dumps(settings)})
         return SampleResult(out, [out], None, calls, time.time() - t0)
-    from liquidgen.pipeline.decode import decode_latents
+    from liquidgen.pipeline.vae import decode_latents
 
     images = decode_latents(raw, lat["vae"], device)
     paths = save_images(images, out)

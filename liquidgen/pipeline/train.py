@@ -29,6 +29,7 @@ from liquidgen.cache.lock import CacheLock
 from liquidgen.config import TrainConfig
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline import checkpoint as ckpt
+from liquidgen.pipeline.evaluator import Evaluator
 from liquidgen.pipeline.images import image_grid
 from liquidgen.pipeline.sampler import sample_latents
 from liquidgen.pipeline.tracking import hyperparameters, log_image, log_with
@@ -126,6 +127,10 @@ def _check_resume(run: Path, config: dict) -> None:
         diff = [k for k in config["cache"] if old["cache"].get(k) != config["cache"][k]]
         raise LiquidgenError(f"{run} was trained on another cache ({', '.join(diff)} differ: "
                              f"{old['cache']['path']}); resume with that --cache or use a new --out")
+    before = old.get("train", {}).get("val_fraction", 0.0)
+    if before != config["train"]["val_fraction"]:
+        raise LiquidgenError(f"{run} held out --val-fraction {before} of its cache; resume with the same, "
+                             "or training would see latents it was scored on")
 
 
 def free_cores(window: float = 0.3) -> int:
@@ -215,7 +220,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
 
     data = open_latents(cfg.cache, cfg.batch_size, cfg.memory_limit_gb, keep_shards=cfg.keep_shards,
                         cache_limit_gb=cfg.cache_limit_gb, mix=cfg.mix, seed=cfg.seed,
-                        rank=rank, world=world, device=device if cuda else "cpu")
+                        rank=rank, world=world, device=device if cuda else "cpu", val_fraction=cfg.val_fraction)
     try:
         spec = model_spec(cfg.model, data.shape[0], data.num_classes, data.shape[-1], cfc=cfg.cfc,
                           relax=cfg.relax, global_path=cfg.global_path, kernels=cfg.kernels, grid=cfg.grid,
@@ -229,6 +234,13 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
               "latents": {"shape": list(data.shape), "mean": data.manifest.stats["mean"][: data.shape[0]],
                           "std": data.manifest.stats["std"][: data.shape[0]],
                           "label_names": data.manifest.label_names, "vae": data.manifest.vae}}
+    evaluator = None
+    if cfg.val_fraction:  # the held-out latents (at most EVAL_LATENTS of them) scored every --eval-every steps
+        x0, labels = data.held_out(EVAL_LATENTS)
+        evaluator = Evaluator(data.space.normalize(x0), labels if data.num_classes else None, config["latents"],
+                              cfg.eval_n, cfg.eval_steps, cfg.cfg_scale, cfg.seed)
+        config["eval"] = {"val_fraction": cfg.val_fraction, "held_out": data.count - data.train_count,
+                          "every": cfg.eval_every, **evaluator.settings()}
 
     start_step, state = 0, None
     latest = ckpt.latest_checkpoint(run)
@@ -329,7 +341,8 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
             if stops.requested(accelerator, step, cfg.log_every):  # Ctrl-C or SIGTERM: this step is the last, and saved
                 result.stopped_by = signal.Signals(stops.caught or signal.SIGTERM).name
             last = step == cfg.steps or result.stopped_by is not None
-            if step % cfg.log_every == 0 or last or step % cfg.ckpt_every == 0:
+            evaluating = evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or last)
+            if step % cfg.log_every == 0 or last or step % cfg.ckpt_every == 0 or evaluating:
                 mean_loss = accelerator.reduce(log_loss, "mean").item() / log_n
                 if not math.isfinite(mean_loss):
                     good = ckpt.latest_checkpoint(run)
@@ -341,13 +354,15 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
                 record = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                           "steps_per_s": log_n / (now - log_t0),
                           "latents_per_s": log_n * cfg.batch_size * cfg.grad_accum / (now - log_t0), "epoch": epoch}
+                if evaluating and accelerator.is_main_process:  # the EMA weights, as previews and samples use
+                    record.update(evaluator(ema, device))
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 if trackers:
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lat_s=f"{record['latents_per_s']:.0f}", refresh=False)
-                log_loss, log_n, log_t0 = torch.zeros((), device=device), 0, now
+                log_loss, log_n, log_t0 = torch.zeros((), device=device), 0, time.time()  # not counting the evaluation
             if step % cfg.ckpt_every == 0 or last:
                 rng_states = gather_object([gen.get_state()])  # every rank's noise stream
                 if accelerator.is_main_process:
@@ -376,6 +391,9 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
             accelerator.end_training()
     result.step, result.seconds = step, time.time() - t0
     return result
+
+
+EVAL_LATENTS = 1024  # held-out latents the flow loss is measured on: its noise is ~1/sqrt of this
 
 
 def preview(ema, data, run: Path, step: int, cfg: TrainConfig, device) -> Path:

@@ -279,3 +279,18 @@ def _pick_dtype(dtype: str, device) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
+
+def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) -> torch.Tensor:
+    """Raw (unnormalized) latents -> RGB in [0, 1], with the VAE loaded now and dropped after."""
+    if not torch.isfinite(raw).all():
+        bad = int((~torch.isfinite(raw)).flatten(1).any(1).sum())
+        raise LiquidgenError(f"{bad} of the {len(raw)} latents hold NaN or infinite values: nothing to decode "
+                             "(a model that diverged, or a damaged file)")
+    vae = load_vae(vae_spec, device=device)
+    if raw.shape[1] != vae.latent_channels:
+        raise LiquidgenError(f"the latents have {raw.shape[1]} channels but the VAE {vae.info['id']} "
+                             f"expects {vae.latent_channels}")
+    try:
+        return torch.cat([vae.decode(chunk.to(device)).cpu() for chunk in raw.split(batch_size)])
+    finally:
+        del vae
