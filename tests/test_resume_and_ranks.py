@@ -60,11 +60,13 @@ def test_two_processes_split_the_source_and_merge_one_manifest(paintings40, tmp_
     assert {s.rank for s in m.shards} == {0, 1}
     # the same source encoded by one process gives the same cache contents
     single = subprocess.run([sys.executable, "-m", "liquidgen", *encode_args(paintings40, tmp_path / "one", "--resolution", "64")],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=env)
     assert single.returncode == 0, single.stderr
     _, lat1, keys1, _ = read_all(tmp_path / "one")
     _, lat2, keys2, _ = read_all(out)
-    assert keys1 == keys2 and np.allclose(lat1, lat2, atol=1e-3)
+    # fp16 latents: the two runs batch images differently, which may round a value one fp16 step
+    # (2^-10 of it) the other way; measured: 1 value of 81,920
+    assert keys1 == keys2 and np.allclose(lat1, lat2, rtol=2**-10, atol=1e-3)
 
 
 @pytest.mark.reliability('a disk that fills during an encode', 'one line; the rerun finishes')
