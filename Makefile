@@ -28,6 +28,8 @@ $(BIN)/python:
 install: $(BIN)/python  ## a virtual environment with liquidgen (CPU torch unless torch is already there)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q torch
 	$(BIN)/pip install -q -e ".[test]"
+	@# eval --fid's Inception: torch-fidelity without torchvision, which it only needs for other networks
+	$(BIN)/pip install -q --no-deps "torch-fidelity>=0.4"
 
 demo: | $(BIN)/liquidgen  ## offline, ~3 min on 2 CPU cores: encode paintings_mini, train a nano model, sample a grid
 	$(BIN)/liquidgen encode paintings_mini --out $(DEMO_CACHE) --vae taef2 --resolution 128

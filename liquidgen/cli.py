@@ -232,12 +232,21 @@ def eval_(
     seed: int = typer.Option(EVAL.seed, help="Seed for the real subset, the samples and the metrics."),
     out: Optional[Path] = typer.Option(EVAL.out, "--out", "-o", help="JSON file (default RUN/eval.json)."),
     device: str = typer.Option(EVAL.device, help="auto, cpu, cuda."),
+    fid: bool = typer.Option(EVAL.fid, "--fid", help="Also FID with the published Inception network (torch-fidelity; "
+                             "downloads its 91 MB weights once, or give --feature-weights). pip install 'liquidgen[metrics]'."),
+    fd_dinov2: bool = typer.Option(EVAL.fd_dinov2, "--fd-dinov2", help="Also the Fréchet distance in DINOv2 ViT-L/14 "
+                                   "features (transformers; facebook/dinov2-large from the Hub, or --feature-weights DIR)."),
+    feature_weights: Optional[str] = typer.Option(EVAL.feature_weights, "--feature-weights", help="Local weights for "
+                                                  "the one metric asked: the Inception .pth/.safetensors state dict, or a "
+                                                  "DINOv2 folder (save_pretrained) or Hub id."),
 ) -> None:
-    """Score a run: SWD, random-feature FD/KID, precision/recall, flow loss per t (no downloads)."""
+    """Score a run: SWD, random-feature FD/KID, precision/recall, flow loss per t (no downloads);
+    with --fid / --fd-dinov2 also the metrics papers report."""
     from liquidgen.pipeline.evaluate import evaluate
 
     r = evaluate(EvalConfig(run=str(run), cache=cache, n=n, steps=steps, cfg_scale=cfg, seed=seed,
-                            out=str(out) if out else None, device=device))
+                            out=str(out) if out else None, device=device, fid=fid, fd_dinov2=fd_dinov2,
+                            feature_weights=feature_weights))
     table = Table("metric", "value", title=f"{run} ({r['checkpoint']}, n={n}, {r['model_calls_per_image']} calls/image)")
     for k, v in {**r["metrics"], **{f"flow loss {k}": v for k, v in r["flow_loss_per_t"].items()}}.items():
         table.add_row(k, f"{v:.4f}")

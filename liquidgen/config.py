@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import ClassVar
@@ -184,9 +185,17 @@ class EvalConfig:
     batch_size: int = 64
     out: str | None = None  # default: <run>/eval.json
     device: str = "auto"
+    fid: bool = False  # Inception FID (torch-fidelity's network; its weights downloaded or --feature-weights)
+    fd_dinov2: bool = False  # Fréchet distance in DINOv2 features (transformers; Hub id or a local folder)
+    feature_weights: str | None = None  # the network's weights: an Inception state dict file or a DINOv2 folder
     FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg"}
 
     def __post_init__(self) -> None:
         whole(self, n=2, steps=1, seed=0, batch_size=1)
         finite(self, cfg_scale=(0, None))
+        if self.feature_weights and self.fid == self.fd_dinov2:
+            raise LiquidgenError("--feature-weights names one network: use it with --fid or with --fd-dinov2, not "
+                                 + ("both" if self.fid else "alone"))
+        if self.feature_weights and not Path(self.feature_weights).exists() and self.fid:
+            raise LiquidgenError(f"--feature-weights {self.feature_weights}: no such file")
 

@@ -1,5 +1,6 @@
 """`liquidgen eval`: N samples from a run against N images decoded from its cache, with the
-weight-free metrics of `liquidgen.eval.metrics`, plus the flow loss per t-bin.
+weight-free metrics of `liquidgen.eval.metrics`, plus the flow loss per t-bin, and on request
+FID / FD-DINOv2 with their published networks (`liquidgen.eval.standard`).
 
 The real side is the cache's own latents decoded by the same VAE, so both sides pass through
 the same decoder and the score measures the generator, not the VAE. Decoded real images are
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from liquidgen.config import EvalConfig
 from liquidgen.devices import resolve_device
 from liquidgen.errors import LiquidgenError
+from liquidgen.eval.standard import load_network
 from liquidgen.pipeline.vae import decode_latents
 from liquidgen.pipeline.checkpoint import load_run
 from liquidgen.pipeline.evaluator import Evaluator, quantized
@@ -47,13 +49,15 @@ def _real_images(cache: str, n: int, seed: int, device) -> tuple[torch.Tensor, t
 def evaluate(cfg: EvalConfig) -> dict:
     device = resolve_device(cfg.device)
     t0 = time.time()
+    # the feature networks first: a missing one is refused before minutes of sampling
+    standard = {m: load_network(m, cfg.feature_weights, device) for m, on in (("fid", cfg.fid), ("fd_dinov2", cfg.fd_dinov2)) if on}
     model, config, path = load_run(cfg.run, device=device)
     lat = config["latents"]
     x0, real_labels, real = _real_images(cfg.cache, cfg.n, cfg.seed, device)
     if list(x0.shape[1:]) != list(lat["shape"]):
         raise LiquidgenError(f"{cfg.cache} holds {list(x0.shape[1:])} latents but the run was trained on {lat['shape']}")
     evaluator = Evaluator(x0, real_labels if lat["label_names"] else None, lat, cfg.n, cfg.steps, cfg.cfg_scale,
-                          cfg.seed, cfg.batch_size, real_images=real)
+                          cfg.seed, cfg.batch_size, real_images=real, standard=standard)
     metrics, calls = evaluator.sample_metrics(model, device)
     result = {
         "config": asdict(cfg), "checkpoint": path.name, "model_calls_per_image": calls, "settings": evaluator.settings(),

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from liquidgen.cache.latents import LatentSpace
 from liquidgen.eval.metrics import compare
+from liquidgen.eval.standard import METRICS, features, frechet
 from liquidgen.pipeline.sampler import generate_raw
 from liquidgen.pipeline.vae import decode_latents
 
@@ -47,10 +48,13 @@ class Evaluator:
     unconditional). The real images are decoded once, on the first sample evaluation, or given."""
 
     def __init__(self, x0: torch.Tensor, labels: torch.Tensor | None, lat: dict, n: int = 0, steps: int = 25,
-                 cfg_scale: float = 1.0, seed: int = 0, batch_size: int = 64, real_images: torch.Tensor | None = None):
+                 cfg_scale: float = 1.0, seed: int = 0, batch_size: int = 64, real_images: torch.Tensor | None = None,
+                 standard: dict[str, torch.nn.Module] | None = None):
         self.x0, self.labels, self.lat, self.n = x0, labels, lat, min(n, len(x0))
         self.steps, self.cfg_scale, self.seed, self.batch_size = steps, cfg_scale, seed, batch_size
         self.real = real_images
+        self.standard = standard or {}  # {"fid": network, "fd_dinov2": network} from liquidgen.eval.standard
+        self._real_features: dict[str, torch.Tensor] = {}
 
     def settings(self) -> dict:
         """What the numbers were computed with, for config.json and eval.json."""
@@ -58,6 +62,7 @@ class Evaluator:
                 "latents": len(self.x0), "n": self.n,
                 "metrics": "swd (Laplacian-pyramid patches), fd_random and kid_random (RandomFeatures, a seeded "
                            "random CNN: no downloaded weights), precision, recall" if self.n else None,
+                **({"standard": {m: METRICS[m] for m in self.standard}} if self.standard else {}),
                 "sampler": "euler", "steps": self.steps, "cfg_scale": self.cfg_scale,
                 "guidance_interval": list(GUIDANCE_INTERVAL), "seed": self.seed}
 
@@ -76,7 +81,13 @@ class Evaluator:
         raw, calls = generate_raw(model, self.lat, labels, self.n, self.steps, self.cfg_scale, GUIDANCE_INTERVAL,
                                   "euler", gen, device, self.batch_size)
         fake = quantized(decode_latents(raw, self.lat["vae"], device))
-        return compare(self.real[: self.n], fake, self.seed), calls
+        self.fake = fake  # the images just scored, for a caller to look at
+        metrics = compare(self.real[: self.n], fake, self.seed)
+        for name, net in self.standard.items():
+            if name not in self._real_features:  # the real side is scored once per evaluator
+                self._real_features[name] = features(net, self.real[: self.n], device)
+            metrics[name] = frechet(self._real_features[name], features(net, fake, device))
+        return metrics, calls
 
     def __call__(self, model, device) -> dict[str, float]:
         """Every number, flat, as training logs them: val_loss (the mean over bins), val_loss/t=..,

@@ -16,6 +16,7 @@ as `liquidgen sample`, so the same seed gives the same images.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,31 @@ class LiquidGenPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=[Image.fromarray(a) for a in arr])
 
 
+def model_card(run: str, config: dict, checkpoint: str) -> str:
+    """README.md of an exported pipeline: what it was trained on, and every score the run holds
+    (eval.json, the in-training evaluation settings) beside what it was computed with."""
+    lat = config["latents"]
+    lines = ["---", "tags: [liquidgen, unconditional-image-generation]" if not lat["label_names"] else
+             "tags: [liquidgen, class-conditional-image-generation]", "library_name: diffusers", "---",
+             f"# {Path(run).name}: a liquidgen `{config['train']['model']}` model", "",
+             f"Trained by liquidgen on `{config['cache']['path']}` ({config['cache']['count']} latents, {'x'.join(map(str, lat['shape']))} latents of "
+             f"`{lat['vae']['id']}`), {checkpoint}. Classes: {', '.join(lat['label_names']) or 'none'}.", ""]
+    scored = Path(run) / "eval.json"
+    if scored.exists():
+        result = json.loads(scored.read_text())
+        lines += [f"## Scores (`liquidgen eval`, {result['checkpoint']})", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()]
+        lines += ["", "Computed with:", "", "```json", json.dumps(result.get("settings", {}), indent=1), "```", ""]
+    if config.get("eval"):
+        lines += ["## Evaluation during training", "", "Settings (from config.json):", "", "```json",
+                  json.dumps(config["eval"], indent=1), "```", ""]
+    lines += ["Load it:", "", "```python", "from liquidgen.pipeline.export import LiquidGenPipeline",
+              "pipe = LiquidGenPipeline.from_pretrained('<this folder>')", "images = pipe(num_images=4).images", "```", ""]
+    return "\n".join(lines)
+
+
 def export(run: str, out: str, checkpoint: str | None = None) -> Path:
-    model, config, _ = load_run(run, checkpoint)
+    model, config, path = load_run(run, checkpoint)
     if not is_liquid(config["model"]):
         raise LiquidgenError(f"{run} trained the {config['model']['arch']} baseline; export writes liquid models only")
     unet = LiquidUNet2DModel(**config["model"], latents=config["latents"])
@@ -116,6 +140,7 @@ def export(run: str, out: str, checkpoint: str | None = None) -> Path:
         (Path(out) / "pipeline.py").write_text(
             '"""Custom pipeline entry for diffusers; needs `pip install liquidgen`."""\n'
             "from liquidgen.pipeline.export import LiquidGenPipeline  # noqa: F401\n")
+        (Path(out) / "README.md").write_text(model_card(run, config, path.name))
     except OSError as exc:
         raise LiquidgenError(f"cannot write {out}: {exc.strerror or exc}") from None
     return Path(out)
