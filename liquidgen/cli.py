@@ -89,8 +89,9 @@ def train(
                                     "Give it several times to mix caches of one latent space (see --mix)."),
     mix: Optional[str] = typer.Option(TRAIN.mix, help="Weights of several --cache, e.g. 0.7,0.3: each step's batch comes from one cache with these probabilities (default: equal)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
-    model: str = typer.Option(TRAIN.model, "--model", "-m", help="Size: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); or a diffusers "
-                              "baseline to compare with: dit-tiny, dit-small, unet-tiny, unet-small."),
+    model: str = typer.Option(TRAIN.model, "--model", "-m", help="liquidgen's U-Net: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); "
+                              "a seed design by its name: liquidflow-tiny/small/base (CfC + Mamba-2 SSD scans); or a "
+                              "diffusers baseline to compare with: dit-tiny, dit-small, unet-tiny, unet-small."),
     batch_size: int = typer.Option(TRAIN.batch_size, "--batch-size", "-b", help="Global batch size of one forward (split across processes); "
                                    "an optimizer step takes --grad-accum of them."),
     steps: int = typer.Option(TRAIN.steps, help="Total optimizer steps."),
@@ -129,6 +130,9 @@ def train(
     eval_n: int = typer.Option(TRAIN.eval_n, help="Also sample this many images at each score and compare them with as many "
                                 "held-out ones (SWD, random-feature FD and KID, as `liquidgen eval`); 0: the loss only."),
     eval_steps: int = typer.Option(TRAIN.eval_steps, help="Sampling steps of the --eval-n samples."),
+    reg: Optional[str] = typer.Option(TRAIN.reg, "--reg", help="Regularizers on the clean latent the model predicts "
+                                      "(x_t - t*v), added to the loss: name=weight pairs of tv, spectral, gradient, "
+                                      "intensity (e.g. tv=0.01,spectral=0.01), or 'liquidflow' for LiquidFlow's weights."),
     threads: Optional[int] = typer.Option(TRAIN.threads, help="Torch's intra-op threads for CPU work (default: one per core "
                                           "that other processes leave free, measured at the start; torch's own one per core "
                                           "is 6x slower on a busy 2-core machine)."),
@@ -148,7 +152,7 @@ def train(
         log_every=log_every, ckpt_every=ckpt_every, preview_every=preview_every, preview_n=preview_n,
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
         compile=compile, device=device, threads=threads, grad_accum=grad_accum, report_to=report_to,
-        val_fraction=val_fraction, eval_every=eval_every, eval_n=eval_n, eval_steps=eval_steps,
+        val_fraction=val_fraction, eval_every=eval_every, eval_n=eval_n, eval_steps=eval_steps, reg=reg,
     )
     result = run(cfg)
     if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would

@@ -110,6 +110,7 @@ class TrainConfig:
     eval_n: int = 0  # samples scored by the weight-free metrics at each evaluation; 0: the held-out loss only
     eval_steps: int = 25  # sampling steps of those samples
     threads: int | None = None  # torch's intra-op threads on the CPU; None: one per core not busy now (train.free_cores)
+    reg: str | None = None  # regularizers on the predicted clean latent: "tv=0.01,spectral=0.01" or a preset
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -127,10 +128,39 @@ class TrainConfig:
                class_dropout=(0, 1), cfg_scale=(0, None), val_fraction=(0, 0.5), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
         one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=DEVICES,
                report_to=REPORT_TO)
+        parse_reg(self.reg)  # refused here, before anything is written
         if (self.eval_every or self.eval_n) and not self.val_fraction:
             raise LiquidgenError("--eval-every and --eval-n score the held-out part of the cache: add --val-fraction, e.g. 0.05")
         if self.kernels is not None and (not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels)):
             raise LiquidgenError(f"--kernels must be odd sizes of at least 1, e.g. 3,5,7 (got {self.kernels})")
+
+
+# The regularizers `--reg` names (liquidgen/objective.py computes them); LiquidFlow's card sets
+# TV 0.01, conservation of intensity 0.001, spectral 0.01, gradient 0.001.
+REG_NAMES = ("tv", "spectral", "gradient", "intensity")
+REG_PRESETS = {"liquidflow": {"tv": 0.01, "intensity": 0.001, "spectral": 0.01, "gradient": 0.001}}
+
+
+def parse_reg(text: str | None) -> dict[str, float]:
+    """`tv=0.01,spectral=0.01` or a preset name (`liquidflow`) → {name: weight}."""
+    if not text:
+        return {}
+    if text in REG_PRESETS:
+        return dict(REG_PRESETS[text])
+    out = {}
+    for part in text.split(","):
+        name, eq, weight = (p.strip() for p in part.partition("="))
+        if name not in REG_NAMES or not eq:
+            raise LiquidgenError(f"--reg {text!r}: expected name=weight pairs of {', '.join(REG_NAMES)}, "
+                                 f"or a preset ({', '.join(REG_PRESETS)})")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise LiquidgenError(f"--reg {name}={weight!r}: the weight is not a number") from None
+        if not 0 <= value < float("inf"):
+            raise LiquidgenError(f"--reg {name}={weight}: the weight must be finite and >= 0")
+        out[name] = value
+    return out
 
 
 @dataclass

@@ -157,7 +157,7 @@ def test_diffusers_baselines_train_resume_and_sample_through_the_same_loop(cache
 
 
 def test_liquid_options_are_refused_for_a_baseline(cache40, tmp_path):
-    with pytest.raises(LiquidgenError, match="cfc apply to the liquid models only"):
+    with pytest.raises(LiquidgenError, match="cfc apply to liquidgen's U-Net"):
         train(tcfg(cache40, tmp_path / "run", model="dit-tiny", cfc="static"))
     with pytest.raises(LiquidgenError, match="unknown --model 'dit-huge'.*dit-tiny"):
         train(tcfg(cache40, tmp_path / "run", model="dit-huge"))

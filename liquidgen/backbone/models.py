@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from liquidgen.backbone.baselines import ARCHS, BASELINES
+from liquidgen.backbone.baselines import ARCHS as BASELINE_ARCHS
+from liquidgen.backbone.baselines import BASELINES
+from liquidgen.backbone.liquidflow import LIQUIDFLOW_SIZES, LiquidFlow
 from liquidgen.backbone.unet import SIZES, LiquidUNet, LiquidUNetConfig, model_config
 
-MODELS = [*SIZES, *BASELINES]
+# The seed designs of ../shared/reference, by their own names: {name: spec without the data's shape}
+SEEDS: dict[str, dict] = {name: {"arch": "liquidflow", **size} for name, size in LIQUIDFLOW_SIZES.items()}
+ARCHS = {**BASELINE_ARCHS, "liquidflow": LiquidFlow}
+MODELS = [*SIZES, *SEEDS, *BASELINES]
 
 
 def model_spec(name: str, in_channels: int, num_classes: int, sample_size: int, **liquid) -> dict:
@@ -20,11 +25,13 @@ def model_spec(name: str, in_channels: int, num_classes: int, sample_size: int, 
     liquid block's options (None: the size's default), which baselines do not have."""
     if name in SIZES:
         return model_config(name, in_channels=in_channels, num_classes=num_classes, **liquid).to_dict()
-    if name not in BASELINES:
+    if name not in BASELINES and name not in SEEDS:
         raise KeyError(name)
     given = [k for k, v in liquid.items() if v is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} apply to the liquid models only, not to {name}; drop those options")
+        raise ValueError(f"{', '.join(given)} apply to liquidgen's U-Net (liquid-*) only, not to {name}; drop those options")
+    if name in SEEDS:
+        return {**SEEDS[name], "in_channels": in_channels, "num_classes": num_classes}
     return {**BASELINES[name], "in_channels": in_channels, "num_classes": num_classes, "sample_size": sample_size}
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from liquidgen.cache.latents import LatentSpace
 from liquidgen.eval.metrics import compare
 from liquidgen.eval.standard import METRICS, features, frechet
+from liquidgen.objective import RectifiedFlow
 from liquidgen.pipeline.sampler import generate_raw
 from liquidgen.pipeline.vae import decode_latents
 
@@ -36,9 +37,9 @@ def loss_per_bin(model, x0: torch.Tensor, labels, bins: int = BINS, seed: int = 
         for i in range(0, len(x0), 64):
             xs, ns = x0[i : i + 64], noise[i : i + 64]
             t = torch.full((len(xs),), t_val)
-            xt = (1 - t_val) * xs + t_val * ns
+            xt = RectifiedFlow.noisy(xs, ns, t)
             v = model(xt.to(device), t.to(device), None if labels is None else labels[i : i + 64].to(device))
-            losses.append(F.mse_loss(v.float().cpu(), ns - xs, reduction="sum") / xs[0].numel())
+            losses.append(F.mse_loss(v.float().cpu(), RectifiedFlow.target(xs, ns), reduction="sum") / xs[0].numel())
         out[f"t={t_val:.1f}"] = float(sum(losses) / len(x0))
     return out
 

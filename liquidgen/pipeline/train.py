@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from liquidgen.backbone.models import MODELS, build_model, model_spec
@@ -28,6 +27,7 @@ from liquidgen.cache.loader import open_latents
 from liquidgen.cache.lock import CacheLock
 from liquidgen.config import TrainConfig
 from liquidgen.errors import LiquidgenError
+from liquidgen.objective import RectifiedFlow, ema_update, parse_reg
 from liquidgen.pipeline import checkpoint as ckpt
 from liquidgen.pipeline.evaluator import Evaluator
 from liquidgen.pipeline.images import image_grid
@@ -299,6 +299,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
     # continues the epoch (a streamed cache without repeating a shard)
     epoch, skip = data.start(state.get("position") if state else None, step * cfg.grad_accum)
     micro = _stream(data, epoch, skip)
+    objective = RectifiedFlow(parse_reg(cfg.reg))  # the loss the loop calls: flow MSE plus any --reg terms
     stops = StopSignals().__enter__()
     try:
         while step < cfg.steps and result.stopped_by is None:
@@ -317,11 +318,8 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
                 t, noise, drop = (a[at : at + len(x0)] for a in (t_all, noise_all, drop_all))
                 at += len(x0)
                 y = torch.where(drop, raw.null_class, labels.to(device)) if data.num_classes else None
-                xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
                 with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        v = model(xt, t, y)
-                    loss = F.mse_loss(v.float(), noise - x0)
+                    loss = objective(model, x0, noise, t, y, accelerator.autocast)
                     accelerator.backward(loss)  # scaled by 1/grad_accum inside
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -329,10 +327,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
                     optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.detach() / cfg.grad_accum
             scheduler.step()
-            with torch.no_grad():
-                decay = min(cfg.ema, (1 + step) / (10 + step))  # warm-up EMA
-                # one fused call for every parameter, not a Python loop of lerp_ per tensor
-                torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in raw.parameters()], 1 - decay)
+            ema_update(ema, raw, step, cfg.ema)
             step += 1
             log_loss += step_loss
             log_n += 1
