@@ -90,7 +90,8 @@ def train(
     mix: Optional[str] = typer.Option(TRAIN.mix, help="Weights of several --cache, e.g. 0.7,0.3: each step's batch comes from one cache with these probabilities (default: equal)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics, previews."),
     model: str = typer.Option(TRAIN.model, "--model", "-m", help="liquidgen's U-Net: nano, tiny (~8M), small (~30M), base (~69M), large (~154M); "
-                              "a seed design by its name: liquidflow-tiny/small/base (CfC + Mamba-2 SSD scans); or a "
+                              "a seed design by its name: liquiddiffusion-tiny/small/base/large, liquidflow-tiny/small/base (CfC + Mamba-2 SSD scans), "
+                              "liquidgen-s/b/l (zigzag scans, ~55M/140M/280M); or a "
                               "diffusers baseline to compare with: dit-tiny, dit-small, unet-tiny, unet-small."),
     batch_size: int = typer.Option(TRAIN.batch_size, "--batch-size", "-b", help="Global batch size of one forward (split across processes); "
                                    "an optimizer step takes --grad-accum of them."),

@@ -1,4 +1,5 @@
-"""The seed designs of ../shared/reference as models of their own: `--model liquidflow-*`."""
+"""The seed designs of ../shared/reference as models of their own: `--model liquidflow-*` and
+`--model liquidgen-*`, each trained, resumed and sampled through the same loop as the others."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import pytest
 import torch
 
+from liquidgen.backbone.liquiddiffusion import LIQUIDDIFFUSION_SIZES, LiquidDiffusionBlock
 from liquidgen.backbone.liquidflow import LIQUIDFLOW_SIZES, grid_orders
+from liquidgen.backbone.liquidgen_seed import LIQUIDGEN_SIZES, ZigzagScan1D, zigzag_order
 from liquidgen.backbone.models import build_model, model_spec
 from liquidgen.backbone.ssd import ssd, sequential_scan
 from liquidgen.backbone.unet import count_parameters
@@ -63,17 +66,82 @@ def test_each_liquidflow_size_builds_on_the_meta_device_at_its_documented_count(
     assert all(len(s) == LIQUIDFLOW_SIZES[name]["blocks"] for s in model.stages)
 
 
-def test_liquidflow_trains_resumes_bit_exactly_and_samples(cache40, tmp_path):
+# The LiquidDiffusion card's table (~8M/25M/65M/120M) counts about half of what its own channels
+# and blocks build with a mirrored decoder; these are what they build (4-channel latents).
+BUILT = {"liquiddiffusion-tiny": 17.05e6, "liquiddiffusion-small": 51.96e6, "liquiddiffusion-base": 116.67e6,
+         "liquiddiffusion-large": 221.77e6}
+
+
+@pytest.mark.parametrize("name", LIQUIDDIFFUSION_SIZES)
+def test_each_liquiddiffusion_size_builds_on_the_meta_device_at_its_documented_count(name):
+    with torch.device("meta"):
+        model = build_model(model_spec(name, 4, 0, 32))
+    assert count_parameters(model) == pytest.approx(BUILT[name], rel=0.001)
+    assert list(model.config.channels) == LIQUIDDIFFUSION_SIZES[name]["channels"]
+    assert [len(s) for s in model.down] == LIQUIDDIFFUSION_SIZES[name]["blocks"] and len(model.mid) == 2
+
+
+def test_the_uncapped_relaxation_drops_the_cfc_update_at_the_clean_end():
+    """As published, α = exp(−softplus(ρ)·|t|) is 1 at t = 0: the CfC path contributes nothing
+    there, which is what liquidgen's capped relaxation exists to avoid."""
+    torch.manual_seed(0)
+    blk = LiquidDiffusionBlock(8, 16)
+    x, cond = torch.randn(2, 8, 4, 4), torch.randn(2, 16)
+    with torch.no_grad():
+        base = blk(x, torch.zeros(2), cond)
+        blk.cfc.g[-1].weight.add_(1.0)  # change the CfC's output
+        assert torch.equal(blk(x, torch.zeros(2), cond), base)  # no effect at t = 0
+        assert not torch.equal(blk(x, torch.full((2,), 0.5), cond), base)
+
+
+# The LiquidGen card's counts, for 16-channel FLUX latents at 256 px (32x32)
+CARD = {"liquidgen-s": 55e6, "liquidgen-b": 140e6, "liquidgen-l": 280e6}
+
+
+@pytest.mark.parametrize("name", LIQUIDGEN_SIZES)
+def test_each_liquidgen_size_builds_on_the_meta_device_near_the_cards_count(name):
+    with torch.device("meta"):
+        model = build_model(model_spec(name, 16, 0, 32))
+    assert count_parameters(model) == pytest.approx(CARD[name], rel=0.08)
+
+
+def test_the_zigzag_order_visits_every_cell_once_and_steps_only_to_neighbours():
+    for h, w in [(1, 1), (3, 5), (4, 4), (5, 2)]:
+        order = zigzag_order(h, w)
+        assert sorted(order.tolist()) == list(range(h * w))
+        rows, cols = order // w, order % w
+        steps = (rows.diff().abs() + cols.diff().abs()).tolist()
+        assert all(s == 1 for s in steps)  # each next cell shares an edge with the last
+
+
+def test_the_zigzag_scan_is_a_convolution_along_that_order():
+    torch.manual_seed(0)
+    scan = ZigzagScan1D(3, kernel=3)
+    torch.nn.init.eye_(scan.mix.weight.view(3, 3))  # pointwise mix: identity
+    torch.nn.init.zeros_(scan.mix.bias)
+    x = torch.randn(1, 3, 3, 4)
+    out = scan(x)
+    order, seq = zigzag_order(3, 4), x.flatten(2)[0]
+    for pos in range(1, 11):  # an interior position along the order, by hand
+        cell = order[pos]
+        window = seq[:, order[pos - 1 : pos + 2]]
+        expected = (scan.conv.weight[:, 0] * window).sum(1) + scan.conv.bias
+        torch.testing.assert_close(out.flatten(2)[0, :, cell], expected)
+
+
+@pytest.mark.parametrize("name", ["liquiddiffusion-tiny", "liquidflow-tiny", "liquidgen-s"])
+def test_a_seed_family_trains_resumes_bit_exactly_and_samples(cache40, tmp_path, name):
     from liquidgen.pipeline.sample import SampleConfig, sample
 
     def cfg(out, steps, **kw):
-        return TrainConfig(cache=str(cache40), out=str(out), model="liquidflow-tiny", batch_size=8, steps=steps,
-                           lr=1e-3, warmup=2, ckpt_every=4, log_every=1, preview_every=0, progress=False, **kw)
+        return TrainConfig(cache=str(cache40), out=str(out), model=name, batch_size=8, steps=steps,
+                           lr=3e-4, warmup=2, ckpt_every=4, log_every=1, preview_every=0, progress=False, **kw)
 
     whole = train(cfg(tmp_path / "whole", 8))
+    assert sum(whole.losses[-3:]) < sum(whole.losses[:3])  # it learns
     train(cfg(tmp_path / "run", 4))
     resumed = train(cfg(tmp_path / "run", 8, resume=True))
     assert resumed.losses == whole.losses[4:]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["arch"] == "liquidflow"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["arch"] == name.split("-")[0]
     result = sample(SampleConfig(run=str(tmp_path / "run"), out=str(tmp_path / "s"), n=2, steps=2, cfg_scale=2.0))
     assert len(result.images) == 2

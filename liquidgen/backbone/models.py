@@ -11,12 +11,16 @@ from torch import nn
 
 from liquidgen.backbone.baselines import ARCHS as BASELINE_ARCHS
 from liquidgen.backbone.baselines import BASELINES
+from liquidgen.backbone.liquiddiffusion import LIQUIDDIFFUSION_SIZES, LiquidDiffusion
 from liquidgen.backbone.liquidflow import LIQUIDFLOW_SIZES, LiquidFlow
+from liquidgen.backbone.liquidgen_seed import LIQUIDGEN_SIZES, LiquidGen
 from liquidgen.backbone.unet import SIZES, LiquidUNet, LiquidUNetConfig, model_config
 
 # The seed designs of ../shared/reference, by their own names: {name: spec without the data's shape}
-SEEDS: dict[str, dict] = {name: {"arch": "liquidflow", **size} for name, size in LIQUIDFLOW_SIZES.items()}
-ARCHS = {**BASELINE_ARCHS, "liquidflow": LiquidFlow}
+SEEDS: dict[str, dict] = {**{name: {"arch": "liquiddiffusion", **size} for name, size in LIQUIDDIFFUSION_SIZES.items()},
+                          **{name: {"arch": "liquidflow", **size} for name, size in LIQUIDFLOW_SIZES.items()},
+                          **{name: {"arch": "liquidgen", **size} for name, size in LIQUIDGEN_SIZES.items()}}
+ARCHS = {**BASELINE_ARCHS, "liquiddiffusion": LiquidDiffusion, "liquidflow": LiquidFlow, "liquidgen": LiquidGen}
 MODELS = [*SIZES, *SEEDS, *BASELINES]
 
 
@@ -30,8 +34,9 @@ def model_spec(name: str, in_channels: int, num_classes: int, sample_size: int, 
     given = [k for k, v in liquid.items() if v is not None]
     if given:
         raise ValueError(f"{', '.join(given)} apply to liquidgen's U-Net (liquid-*) only, not to {name}; drop those options")
-    if name in SEEDS:
-        return {**SEEDS[name], "in_channels": in_channels, "num_classes": num_classes}
+    if name in SEEDS:  # LiquidGen's position embedding is sized for the latent; LiquidFlow takes any size
+        size = {"sample_size": sample_size} if SEEDS[name]["arch"] == "liquidgen" else {}
+        return {**SEEDS[name], "in_channels": in_channels, "num_classes": num_classes, **size}
     return {**BASELINES[name], "in_channels": in_channels, "num_classes": num_classes, "sample_size": sample_size}
 
 
