@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liquidgen.backbone.blocks import groups_for
-from liquidgen.backbone.unet import timestep_embedding
+from liquidgen.backbone.unet import condition, unet_levels
 
 
 @dataclass
@@ -139,24 +139,5 @@ class LiquidDiffusion(nn.Module):
         return self.config.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cond = self.time_mlp(timestep_embedding(t, self.config.channels[0]))
-        if self.class_emb is not None:
-            if labels is None:
-                labels = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
-            cond = cond + self.class_emb(labels)
-        h, skips = self.stem(x), []
-        for level, blocks in enumerate(self.down):
-            for blk in blocks:
-                h = blk(h, t, cond)
-            skips.append(h)
-            if level < len(self.downsample):
-                h = self.downsample[level](h)
-        for blk in self.mid:
-            h = blk(h, t, cond)
-        for level in reversed(range(len(self.up))):
-            if level < len(self.upsample):
-                h = self.upsample[level](F.interpolate(h, size=skips[level].shape[-2:], mode="nearest"))
-            h = self.fuse[level](torch.cat([h, skips[level]], dim=1))
-            for blk in self.up[level]:
-                h = blk(h, t, cond)
-        return self.out(h)
+        cond = condition(self, t, labels, self.config.channels[0])
+        return self.out(unet_levels(self, self.stem(x), lambda blk, h: blk(h, t, cond)))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liquidgen.backbone.ssd import ssd
-from liquidgen.backbone.unet import timestep_embedding
+from liquidgen.backbone.unet import condition
 
 
 @dataclass
@@ -140,11 +140,7 @@ class LiquidFlow(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         b, ch, height, width = x.shape
-        cond = self.time_mlp(timestep_embedding(t, self.config.hidden))
-        if self.class_emb is not None:
-            if labels is None:
-                labels = torch.full((b,), self.null_class, device=x.device, dtype=torch.long)
-            cond = cond + self.class_emb(labels)
+        cond = condition(self, t, labels, self.config.hidden)
         h = self.stem(x).flatten(2).transpose(1, 2)  # (b, H·W, d), row-major
         orders = grid_orders(height, width, x.device)
         for inject, blocks in zip(self.inject, self.stages):

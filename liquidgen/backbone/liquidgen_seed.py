@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liquidgen.backbone.blocks import AdaGN, groups_for
-from liquidgen.backbone.unet import timestep_embedding
+from liquidgen.backbone.unet import condition
 
 
 @dataclass
@@ -132,11 +132,7 @@ class LiquidGen(nn.Module):
         return self.config.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cond = self.time_mlp(timestep_embedding(t, self.config.hidden))
-        if self.class_emb is not None:
-            if labels is None:
-                labels = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
-            cond = cond + self.class_emb(labels)
+        cond = condition(self, t, labels, self.config.hidden)
         h = self.in_proj(self.patch_embed(x) + self.pos_embed)
         half = len(self.blocks) // 2
         skips = []

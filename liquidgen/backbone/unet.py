@@ -68,6 +68,39 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def condition(model: nn.Module, t: torch.Tensor, labels: torch.Tensor | None, width: int) -> torch.Tensor:
+    """The conditioning vector of every liquid backbone: `model.time_mlp` of t's sinusoidal
+    features plus `model.class_emb` of the class (the null class where `labels` is None)."""
+    cond = model.time_mlp(timestep_embedding(t, width))
+    if model.class_emb is not None:
+        if labels is None:
+            labels = torch.full((len(t),), model.null_class, device=t.device, dtype=torch.long)
+        cond = cond + model.class_emb(labels)
+    return cond
+
+
+def unet_levels(model: nn.Module, h: torch.Tensor, run) -> torch.Tensor:
+    """The U-Net pass shared by liquidgen's U-Net and LiquidDiffusion: each level's blocks then a
+    stride-2 downsample, the middle blocks, then per level upsample, fuse with the skip, blocks.
+    `run(block, h)` applies one block (with whatever t, conditioning and checkpointing)."""
+    skips = []
+    for level, blocks in enumerate(model.down):
+        for blk in blocks:
+            h = run(blk, h)
+        skips.append(h)
+        if level < len(model.downsample):
+            h = model.downsample[level](h)
+    for blk in model.mid:
+        h = run(blk, h)
+    for level in reversed(range(len(model.up))):
+        if level < len(model.upsample):
+            h = model.upsample[level](F.interpolate(h, size=skips[level].shape[-2:], mode="nearest"))
+        h = model.fuse[level](torch.cat([h, skips[level]], dim=1))
+        for blk in model.up[level]:
+            h = run(blk, h)
+    return h
+
+
 class LiquidUNet(nn.Module):
     """Predicts the rectified-flow velocity ``ε − x0`` from ``x_t``, ``t`` and an optional class."""
 
@@ -116,27 +149,8 @@ class LiquidUNet(nn.Module):
         return blk(x, t, cond)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cond = self.time_mlp(timestep_embedding(t, self.config.channels[0]))
-        if self.class_emb is not None:
-            if labels is None:
-                labels = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
-            cond = cond + self.class_emb(labels)
-        h = self.stem(x)
-        skips = []
-        for level, blocks in enumerate(self.down):
-            for blk in blocks:
-                h = self._run(blk, h, t, cond)
-            skips.append(h)
-            if level < len(self.downsample):
-                h = self.downsample[level](h)
-        for blk in self.mid:
-            h = self._run(blk, h, t, cond)
-        for level in reversed(range(len(self.up))):
-            if level < len(self.upsample):
-                h = self.upsample[level](F.interpolate(h, size=skips[level].shape[-2:], mode="nearest"))
-            h = self.fuse[level](torch.cat([h, skips[level]], dim=1))
-            for blk in self.up[level]:
-                h = self._run(blk, h, t, cond)
+        cond = condition(self, t, labels, self.config.channels[0])
+        h = unet_levels(self, self.stem(x), lambda blk, h: self._run(blk, h, t, cond))
         if self.config.head == "ada":
             dim = self.config.channels[0]
             shift, scale, skip = self.out_mod(F.silu(cond)).split([dim, dim, self.config.in_channels], dim=1)
