@@ -40,7 +40,11 @@ def model_spec(name: str, in_channels: int, num_classes: int, sample_size: int, 
     return {**BASELINES[name], "in_channels": in_channels, "num_classes": num_classes, "sample_size": sample_size}
 
 
-def build_model(spec: dict) -> nn.Module:
+def build_model(spec: dict | str, in_channels: int = 16, num_classes: int = 0, sample_size: int = 32) -> nn.Module:
+    """The module for a spec (a run's config.json `model`), or for a name and the latents' shape
+    (`build_model("liquidflow-tiny", in_channels=4)`): 16 channels at 32² are FLUX's at 256 px."""
+    if isinstance(spec, str):
+        spec = model_spec(spec, in_channels, num_classes, sample_size)
     arch = spec.get("arch", "liquid")
     if arch == "liquid":
         return LiquidUNet(LiquidUNetConfig(**{"head": "gn", **spec}))  # runs saved before `head` have gn

@@ -25,6 +25,29 @@ class SampleResult:
     seconds: float
 
 
+def _raw(cfg: SampleConfig):
+    device = resolve_device(cfg.device)
+    model, config, path = load_run(cfg.run, cfg.checkpoint, device)
+    lat = config["latents"]
+    labels = pick_labels(lat["label_names"], cfg.n, cfg.class_name)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    raw, calls = generate_raw(model, lat, labels, cfg.n, cfg.steps, cfg.cfg_scale, cfg.guidance_interval,
+                              cfg.sampler, gen, device, cfg.batch_size)
+    return raw, calls, labels, lat, path, device
+
+
+def generate(run: str | Path, n: int = 16, steps: int = 50, cfg_scale: float = 1.0, class_name: str | None = None,
+             seed: int = 0, **options) -> torch.Tensor:
+    """Images (n, 3, H, W) in [0, 1] from a run's EMA weights, in memory: what `sample` writes,
+    for a notebook. `options` are the other `SampleConfig` fields (sampler, device, checkpoint…)."""
+    from liquidgen.pipeline.vae import decode_latents
+
+    cfg = SampleConfig(run=str(run), out="", n=n, steps=steps, cfg_scale=cfg_scale, class_name=class_name,
+                       seed=seed, **options)
+    raw, _, _, lat, _, device = _raw(cfg)
+    return decode_latents(raw, lat["vae"], device)
+
+
 def sample(cfg: SampleConfig) -> SampleResult:
     """Generate `n` images (or latents) from a run's EMA weights."""
     import json
@@ -34,14 +57,8 @@ def sample(cfg: SampleConfig) -> SampleResult:
 
     if Path(cfg.out).is_file() and not (cfg.latents_only and Path(cfg.out).suffix == ".safetensors"):
         raise LiquidgenError(f"--out {cfg.out} is a file; sample writes a folder of images there")
-    device = resolve_device(cfg.device)
-    model, config, path = load_run(cfg.run, cfg.checkpoint, device)
-    lat = config["latents"]
-    labels = pick_labels(lat["label_names"], cfg.n, cfg.class_name)
-    gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
-    raw, calls = generate_raw(model, lat, labels, cfg.n, cfg.steps, cfg.cfg_scale, cfg.guidance_interval,
-                              cfg.sampler, gen, device, cfg.batch_size)
+    raw, calls, labels, lat, path, device = _raw(cfg)
     out = Path(cfg.out)
     settings = {**asdict(cfg), "checkpoint": path.name, "model_calls_per_image": calls,
                 "labels": labels.tolist() if labels is not None else None}
