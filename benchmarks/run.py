@@ -27,6 +27,7 @@ SECTIONS = {  # name -> (module, title)
     "backbone": ("backbone_cost", "Backbone cost per step against diffusers baselines"),
     "shootout": ("shootout", "Shoot-out at equal training time: liquid vs DiT vs U-Net, and ablations"),
     "sample": ("sample_speed", "Sampling speed"),
+    "onnx": ("onnx_speed", "ONNX: onnxruntime against PyTorch on the CPU"),
     "libraries": ("loader_libraries", "Streaming loaders: liquidgen beside litdata on the same latents"),
     "remote": ("remote_cache", "Training from a cache served over HTTP"),
     "eval": ("eval_quality", "Image quality without downloads: the metrics and their noise"),

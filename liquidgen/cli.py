@@ -168,7 +168,9 @@ def train(
 
 @app.command()
 def sample(
-    run: Path = typer.Option(..., "--run", help="Run folder (from `liquidgen train`)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder (from `liquidgen train`)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Instead of --run: a folder from `export --onnx`; the whole "
+                                        "sampling loop and the decoder run on onnxruntime, no PyTorch model."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for PNGs (or a .safetensors file with --latents-only)."),
     n: int = typer.Option(SAMPLE.n, "--n", "-n", help="How many images."),
     steps: int = typer.Option(SAMPLE.steps, help="Sampler steps (Euler: one model call each; Heun: about two)."),
@@ -189,8 +191,10 @@ def sample(
         lo, hi = (float(v) for v in guidance_interval.split(","))
     except ValueError:
         raise LiquidgenError(f"--guidance-interval takes two numbers LO,HI, e.g. 0,0.75 (got {guidance_interval!r})") from None
+    if (run is None) == (onnx is None):
+        raise LiquidgenError("sample needs --run RUN or --onnx DIR (one of them)")
     result = run_sample(SampleConfig(
-        run=str(run), out=str(out), n=n, steps=steps, cfg_scale=cfg, guidance_interval=(lo, hi),
+        run=str(run or onnx), onnx=onnx is not None, out=str(out), n=n, steps=steps, cfg_scale=cfg, guidance_interval=(lo, hi),
         class_name=class_name, sampler=sampler, seed=seed, batch_size=batch_size, latents_only=latents_only,
         checkpoint=checkpoint, device=device))
     what = f"{n} latents to {result.out}" if latents_only else f"{n} images and {result.grid} to {result.out}"
@@ -219,11 +223,13 @@ def export(
     run: Path = typer.Option(..., "--run", help="Run folder (from `liquidgen train`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the diffusers pipeline."),
     checkpoint: Optional[str] = typer.Option(None, help="A checkpoint folder name (step-XXXXXXX); default the latest."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also write backbone.onnx (inputs x_t, t, class; dynamic batch) and "
+                              "vae_decoder.onnx, for `sample --onnx`; works for every --model (pip install 'liquidgen[onnx]')."),
 ) -> None:
-    """Export a run (EMA weights, scheduler, VAE) as a diffusers pipeline folder."""
+    """Export a run (EMA weights, scheduler, VAE) as a diffusers pipeline folder, and with --onnx as ONNX files."""
     from liquidgen.pipeline.export import export as run_export
 
-    folder = run_export(str(run), str(out), checkpoint)
+    folder = run_export(str(run), str(out), checkpoint, onnx=onnx)
     console.print(f"wrote {folder}; load it with liquidgen.pipeline.export.LiquidGenPipeline.from_pretrained('{folder}')")
 
 

@@ -178,6 +178,7 @@ class SampleConfig:
     latents_only: bool = False
     checkpoint: str | None = None  # a step-XXXXXXX folder name; default the latest
     device: str = "auto"
+    onnx: bool = False  # run names a folder from `export --onnx`: sample with onnxruntime
     FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg", "class_name": "--class"}
 
     def __post_init__(self) -> None:

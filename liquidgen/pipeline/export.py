@@ -119,10 +119,20 @@ def model_card(run: str, config: dict, checkpoint: str) -> str:
     return "\n".join(lines)
 
 
-def export(run: str, out: str, checkpoint: str | None = None) -> Path:
+def export(run: str, out: str, checkpoint: str | None = None, onnx: bool = False) -> Path:
+    """The diffusers pipeline folder for liquidgen's U-Net; with `onnx`, also (for every model
+    liquidgen trains, the seed designs included) the backbone and VAE decoder as ONNX files."""
     model, config, path = load_run(run, checkpoint)
+    if onnx:
+        from liquidgen.pipeline.onnx import export_onnx
+
+        export_onnx(model, config, Path(out))
+        (Path(out) / "README.md").write_text(model_card(run, config, path.name))
+        if not is_liquid(config["model"]):
+            return Path(out)  # the seeds and baselines have no diffusers pipeline class: ONNX only
     if not is_liquid(config["model"]):
-        raise LiquidgenError(f"{run} trained the {config['model']['arch']} baseline; export writes liquid models only")
+        raise LiquidgenError(f"{run} trained the {config['model']['arch']} model; export writes liquid models only "
+                             "as a diffusers pipeline (export --onnx writes any model)")
     unet = LiquidUNet2DModel(**config["model"], latents=config["latents"])
     unet.net.load_state_dict(model.state_dict())
     info = config["latents"]["vae"]

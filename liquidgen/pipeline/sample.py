@@ -26,9 +26,15 @@ class SampleResult:
 
 
 def _raw(cfg: SampleConfig):
-    device = resolve_device(cfg.device)
-    model, config, path = load_run(cfg.run, cfg.checkpoint, device)
-    lat = config["latents"]
+    if cfg.onnx:  # the same loop around an onnxruntime session
+        from liquidgen.pipeline.onnx import OnnxBackbone, read_meta
+
+        device, meta = torch.device("cpu"), read_meta(Path(cfg.run))
+        model, lat, path = OnnxBackbone(Path(cfg.run), meta), meta["latents"], Path(cfg.run) / "backbone.onnx"
+    else:
+        device = resolve_device(cfg.device)
+        model, config, path = load_run(cfg.run, cfg.checkpoint, device)
+        lat = config["latents"]
     labels = pick_labels(lat["label_names"], cfg.n, cfg.class_name)
     gen = torch.Generator().manual_seed(cfg.seed)
     raw, calls = generate_raw(model, lat, labels, cfg.n, cfg.steps, cfg.cfg_scale, cfg.guidance_interval,
@@ -40,11 +46,19 @@ def generate(run: str | Path, n: int = 16, steps: int = 50, cfg_scale: float = 1
              seed: int = 0, **options) -> torch.Tensor:
     """Images (n, 3, H, W) in [0, 1] from a run's EMA weights, in memory: what `sample` writes,
     for a notebook. `options` are the other `SampleConfig` fields (sampler, device, checkpoint…)."""
-    from liquidgen.pipeline.vae import decode_latents
-
     cfg = SampleConfig(run=str(run), out="", n=n, steps=steps, cfg_scale=cfg_scale, class_name=class_name,
                        seed=seed, **options)
     raw, _, _, lat, _, device = _raw(cfg)
+    return _decode(cfg, raw, lat, device)
+
+
+def _decode(cfg: SampleConfig, raw: torch.Tensor, lat: dict, device) -> torch.Tensor:
+    if cfg.onnx:
+        from liquidgen.pipeline.onnx import decode_onnx
+
+        return decode_onnx(Path(cfg.run), raw)
+    from liquidgen.pipeline.vae import decode_latents
+
     return decode_latents(raw, lat["vae"], device)
 
 
@@ -69,9 +83,7 @@ def sample(cfg: SampleConfig) -> SampleResult:
         save_file({"latents": raw.contiguous()}, str(out), metadata={
             "format": "liquidgen-latents", "vae": json.dumps(lat["vae"]), "settings": json.dumps(settings)})
         return SampleResult(out, [out], None, calls, time.time() - t0)
-    from liquidgen.pipeline.vae import decode_latents
-
-    images = decode_latents(raw, lat["vae"], device)
+    images = _decode(cfg, raw, lat, device)
     paths = save_images(images, out)
     grid = out / "grid.png"
     image_grid(images).save(grid)
