@@ -40,6 +40,12 @@ FOLLOW_UPS = {  # questions earlier ablations raised, answered at 300 s: not wor
     "tiny 7x7 + layout 4x4": {"model": "tiny", "kernels": (7,), "grid": 4},
     "tiny gn head": {"model": "tiny", "head": "gn"},  # the unconditioned head liquid-tiny had until 2026-11-22
 }
+SEEDS = {  # the reference designs by name, at their smallest sizes, and LiquidFlow's regularizers on liquid-tiny
+    "liquiddiffusion-tiny": {"model": "liquiddiffusion-tiny"},
+    "liquidflow-tiny": {"model": "liquidflow-tiny"},
+    "liquidgen-s": {"model": "liquidgen-s"},
+    "tiny + reg liquidflow": {"model": "tiny", "reg": "liquidflow"},
+}
 REPEATS = {  # a main model again with other training seeds and its very steps: how far apart two runs of one model land
     "tiny seed 1": {"model": "tiny", "seed": 1},
     "tiny seed 2": {"model": "tiny", "seed": 2},
@@ -63,7 +69,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
     quick, result_name = budget is None and not full, results_name(full, budget)  # quick: `make bench` on a CPU, smoke-sized
     budget = budget or (1800.0 if full else 20.0)
     batch, n_eval, eval_steps = (256, 1000, 25) if full else (32, 64, 10) if quick else (32, 250, 25)  # 250: the eval floor's n
-    every = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS, **({} if quick else {**FOLLOW_UPS, **REPEATS})}
+    every = {**MAIN, **(MAIN_FULL if full else {}), **ABLATIONS, **({} if quick else {**FOLLOW_UPS, **SEEDS, **REPEATS})}
     keep = []
     if configs:
         wanted = [c.strip() for c in configs.split(",")]
@@ -118,7 +124,7 @@ def run(full: bool = False, device: str = "auto", budget: float | None = None, c
             IMG.mkdir(parents=True, exist_ok=True)
             shutil.copy(grid, IMG / f"{result_name}-{name}.png")
     shutil.rmtree(work, ignore_errors=True)
-    order = list(MAIN) + list(MAIN_FULL) + list(ABLATIONS) + list(FOLLOW_UPS) + list(REPEATS)
+    order = list(MAIN) + list(MAIN_FULL) + list(ABLATIONS) + list(FOLLOW_UPS) + list(SEEDS) + list(REPEATS)
     rows = sorted(keep + rows, key=lambda row: order.index(row["name"]))
     result = {"name": result_name, "device": device, "budget_s": budget, "batch_size": batch, "n_eval": n_eval, "eval_steps": eval_steps,
               "lr": 3e-4, "rows": rows, **({"base": base} if base else {})}

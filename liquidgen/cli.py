@@ -169,7 +169,7 @@ def train(
 @app.command()
 def sample(
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder (from `liquidgen train`)."),
-    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Instead of --run: a folder from `export --onnx`; the whole "
+    onnx_dir: Optional[Path] = typer.Option(None, "--onnx", help="Instead of --run: a folder from `export --onnx`; the whole "
                                         "sampling loop and the decoder run on onnxruntime, no PyTorch model."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for PNGs (or a .safetensors file with --latents-only)."),
     n: int = typer.Option(SAMPLE.n, "--n", "-n", help="How many images."),
@@ -191,10 +191,10 @@ def sample(
         lo, hi = (float(v) for v in guidance_interval.split(","))
     except ValueError:
         raise LiquidgenError(f"--guidance-interval takes two numbers LO,HI, e.g. 0,0.75 (got {guidance_interval!r})") from None
-    if (run is None) == (onnx is None):
+    if (run is None) == (onnx_dir is None):
         raise LiquidgenError("sample needs --run RUN or --onnx DIR (one of them)")
     result = run_sample(SampleConfig(
-        run=str(run or onnx), onnx=onnx is not None, out=str(out), n=n, steps=steps, cfg_scale=cfg, guidance_interval=(lo, hi),
+        run=str(run or onnx_dir), onnx=onnx_dir is not None, out=str(out), n=n, steps=steps, cfg_scale=cfg, guidance_interval=(lo, hi),
         class_name=class_name, sampler=sampler, seed=seed, batch_size=batch_size, latents_only=latents_only,
         checkpoint=checkpoint, device=device))
     what = f"{n} latents to {result.out}" if latents_only else f"{n} images and {result.grid} to {result.out}"
