@@ -123,16 +123,24 @@ def export(run: str, out: str, checkpoint: str | None = None, onnx: bool = False
     """The diffusers pipeline folder for liquidgen's U-Net; with `onnx`, also (for every model
     liquidgen trains, the seed designs included) the backbone and VAE decoder as ONNX files."""
     model, config, path = load_run(run, checkpoint)
+    liquid = is_liquid(config["model"])  # the seeds and baselines have no diffusers pipeline class: ONNX only
+    if not liquid and not onnx:
+        raise LiquidgenError(f"{run} trained the {config['model']['arch']} model; export writes liquid models only "
+                             "as a diffusers pipeline (export --onnx writes any model)")
     if onnx:
         from liquidgen.pipeline.onnx import export_onnx
 
         export_onnx(model, config, Path(out))
+    if liquid:
+        _save_pipeline(model, config, out)
+    try:
         (Path(out) / "README.md").write_text(model_card(run, config, path.name))
-        if not is_liquid(config["model"]):
-            return Path(out)  # the seeds and baselines have no diffusers pipeline class: ONNX only
-    if not is_liquid(config["model"]):
-        raise LiquidgenError(f"{run} trained the {config['model']['arch']} model; export writes liquid models only "
-                             "as a diffusers pipeline (export --onnx writes any model)")
+    except OSError as exc:
+        raise LiquidgenError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return Path(out)
+
+
+def _save_pipeline(model, config: dict, out: str) -> None:
     unet = LiquidUNet2DModel(**config["model"], latents=config["latents"])
     unet.net.load_state_dict(model.state_dict())
     info = config["latents"]["vae"]
@@ -150,7 +158,5 @@ def export(run: str, out: str, checkpoint: str | None = None, onnx: bool = False
         (Path(out) / "pipeline.py").write_text(
             '"""Custom pipeline entry for diffusers; needs `pip install liquidgen`."""\n'
             "from liquidgen.pipeline.export import LiquidGenPipeline  # noqa: F401\n")
-        (Path(out) / "README.md").write_text(model_card(run, config, path.name))
     except OSError as exc:
         raise LiquidgenError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return Path(out)
