@@ -22,7 +22,7 @@ def build(options: dict):
     """A model as `liquidgen train` builds it from --model and the liquid options, class-conditional."""
     from liquidgen.backbone.models import build_model, model_spec
 
-    liquid = {k: v for k, v in options.items() if k not in ("model", "seed", "reg")}  # seed and reg are training's
+    liquid = {k: v for k, v in options.items() if k not in ("model", "seed", "reg", "objective")}  # training options
     return build_model(model_spec(options["model"], LATENT[0], 5, LATENT[1], **liquid))
 
 

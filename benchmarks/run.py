@@ -25,6 +25,7 @@ SECTIONS = {  # name -> (module, title)
     "loader": ("loader_speed", "Training loaders on 204,800 latents: rate, memory, start-up, bytes per rank"),
     "train": ("train_throughput", "Training throughput: loader overhead and what caching saves"),
     "backbone": ("backbone_cost", "Backbone cost per step against diffusers baselines"),
+    "scans": ("scan_cost", "The seeds' scans (SSD, zigzag) beside depthwise convolutions, per layer"),
     "shootout": ("shootout", "Shoot-out at equal training time: liquid vs DiT vs U-Net, and ablations"),
     "sample": ("sample_speed", "Sampling speed"),
     "onnx": ("onnx_speed", "ONNX: onnxruntime against PyTorch on the CPU"),

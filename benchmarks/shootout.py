@@ -40,11 +40,12 @@ FOLLOW_UPS = {  # questions earlier ablations raised, answered at 300 s: not wor
     "tiny 7x7 + layout 4x4": {"model": "tiny", "kernels": (7,), "grid": 4},
     "tiny gn head": {"model": "tiny", "head": "gn"},  # the unconditioned head liquid-tiny had until 2026-11-22
 }
-SEEDS = {  # the reference designs by name, at their smallest sizes, and LiquidFlow's regularizers on liquid-tiny
+SEEDS = {  # the reference designs by name, at their smallest sizes, and LiquidFlow's training extras on liquid-tiny
     "liquiddiffusion-tiny": {"model": "liquiddiffusion-tiny"},
     "liquidflow-tiny": {"model": "liquidflow-tiny"},
     "liquidgen-s": {"model": "liquidgen-s"},
-    "tiny + reg liquidflow": {"model": "tiny", "reg": "liquidflow"},
+    "tiny + reg liquidflow": {"model": "tiny", "reg": "liquidflow"},  # its regularizers on/off: against liquid-tiny
+    "tiny eps": {"model": "tiny", "objective": "eps"},  # noise prediction + DDIM against flow + Euler, same model calls
 }
 REPEATS = {  # a main model again with other training seeds and its very steps: how far apart two runs of one model land
     "tiny seed 1": {"model": "tiny", "seed": 1},

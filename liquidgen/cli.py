@@ -132,13 +132,15 @@ def train(
                                 "held-out ones (SWD, random-feature FD and KID, as `liquidgen eval`); 0: the loss only."),
     eval_steps: int = typer.Option(TRAIN.eval_steps, help="Sampling steps of the --eval-n samples."),
     reg: Optional[str] = typer.Option(TRAIN.reg, "--reg", help="Regularizers on the clean latent the model predicts "
-                                      "(x_t - t*v), added to the loss: name=weight pairs of tv, spectral, gradient, "
+                                      "(x_t - t*v for flow), added to the loss: name=weight pairs of tv, spectral, gradient, "
                                       "intensity (e.g. tv=0.01,spectral=0.01), or 'liquidflow' for LiquidFlow's weights."),
+    objective: str = typer.Option(TRAIN.objective, help="flow: rectified flow, the model predicts the velocity (sampled "
+                                  "with Euler/Heun); eps: DDPM noise prediction, as LiquidFlow trains (sampled with DDIM)."),
     threads: Optional[int] = typer.Option(TRAIN.threads, help="Torch's intra-op threads for CPU work (default: one per core "
                                           "that other processes leave free, measured at the start; torch's own one per core "
                                           "is 6x slower on a busy 2-core machine)."),
 ) -> None:
-    """Train the liquid backbone with rectified flow on a latent cache (no VAE in the loop)."""
+    """Train a backbone on a latent cache with rectified flow, or noise prediction (--objective eps); no VAE in the loop."""
     from liquidgen.pipeline.train import train as run
 
     try:
@@ -154,6 +156,7 @@ def train(
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
         compile=compile, device=device, threads=threads, grad_accum=grad_accum, report_to=report_to,
         val_fraction=val_fraction, eval_every=eval_every, eval_n=eval_n, eval_steps=eval_steps, reg=reg,
+        objective=objective,
     )
     result = run(cfg)
     if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would
@@ -177,7 +180,8 @@ def sample(
     cfg: float = typer.Option(SAMPLE.cfg_scale, "--cfg", help="Classifier-free guidance scale (1 = off)."),
     guidance_interval: str = typer.Option(",".join(map(str, SAMPLE.guidance_interval)), help="Apply guidance only for t in LO,HI (t=1 is pure noise)."),
     class_name: Optional[str] = typer.Option(SAMPLE.class_name, "--class", help="Class name (default: cycle through all)."),
-    sampler: str = typer.Option(SAMPLE.sampler, help="euler or heun (diffusers' flow-matching schedulers)."),
+    sampler: str = typer.Option(SAMPLE.sampler, help="auto: the run's own (euler for --objective flow, ddim for eps); euler or heun (diffusers' "
+                                 "flow-matching schedulers) for a flow run, ddim for an eps run."),
     seed: int = typer.Option(SAMPLE.seed, help="Same seed, same images."),
     batch_size: int = typer.Option(SAMPLE.batch_size, "--batch-size", "-b", help="Images per model batch."),
     latents_only: bool = typer.Option(SAMPLE.latents_only, "--latents-only", help="Write raw latents (safetensors), no VAE."),

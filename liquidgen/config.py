@@ -24,6 +24,8 @@ FORMATS = ("zarr", "wds")  # Zarr v3 groups or WebDataset tars, one per shard
 FLIPS = ("none", "both")  # both: the mirrored image is encoded too
 DEVICES = ("auto", "cpu", "cuda")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")  # experiment trackers, through Accelerate
+OBJECTIVES = ("flow", "eps")  # rectified flow (velocity) or DDPM noise prediction: liquidgen/objective.py
+SAMPLERS = {"flow": ("euler", "heun"), "eps": ("ddim",)}  # what integrates each objective; the first is the default
 
 
 def defaults(cls) -> SimpleNamespace:
@@ -111,6 +113,7 @@ class TrainConfig:
     eval_steps: int = 25  # sampling steps of those samples
     threads: int | None = None  # torch's intra-op threads on the CPU; None: one per core not busy now (train.free_cores)
     reg: str | None = None  # regularizers on the predicted clean latent: "tv=0.01,spectral=0.01" or a preset
+    objective: str = "flow"  # flow (rectified flow, velocity) | eps (noise prediction, sampled with DDIM)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -127,7 +130,7 @@ class TrainConfig:
         finite(self, lr=((">", 0), None), weight_decay=(0, None), grad_clip=((">", 0), None), ema=(0, 1),
                class_dropout=(0, 1), cfg_scale=(0, None), val_fraction=(0, 0.5), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
         one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=DEVICES,
-               report_to=REPORT_TO)
+               report_to=REPORT_TO, objective=OBJECTIVES)
         parse_reg(self.reg)  # refused here, before anything is written
         if (self.eval_every or self.eval_n) and not self.val_fraction:
             raise LiquidgenError("--eval-every and --eval-n score the held-out part of the cache: add --val-fraction, e.g. 0.05")
@@ -172,7 +175,7 @@ class SampleConfig:
     cfg_scale: float = 1.0
     guidance_interval: tuple[float, float] = (0.0, 0.75)
     class_name: str | None = None  # None: cycle through all classes
-    sampler: str = "euler"  # euler | heun
+    sampler: str = "auto"  # auto (the run's objective's: euler for flow, ddim for eps) | euler | heun | ddim
     seed: int = 0
     batch_size: int = 64
     latents_only: bool = False
@@ -184,7 +187,7 @@ class SampleConfig:
     def __post_init__(self) -> None:
         whole(self, n=1, steps=1, seed=0, batch_size=1)
         finite(self, cfg_scale=(0, None))
-        one_of(self, sampler=("euler", "heun"))
+        one_of(self, sampler=("auto", *(s for names in SAMPLERS.values() for s in names)))
         lo, hi = self.guidance_interval
         if not (0 <= lo <= hi <= 1):
             raise LiquidgenError(f"--guidance-interval must be LO,HI with 0 <= LO <= HI <= 1 (got {lo},{hi})")

@@ -1,5 +1,5 @@
-"""The evaluator that `liquidgen eval` and `train --eval-every` share: the flow loss of a model
-at fixed t-bin centres on fixed noise, and the weight-free sample metrics of
+"""The evaluator that `liquidgen eval` and `train --eval-every` share: the training loss of a
+model (its objective's: flow or eps) at fixed t-bin centres on fixed noise, and the weight-free sample metrics of
 `liquidgen.eval.metrics` on n samples against n real latents decoded by the same VAE."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from liquidgen.cache.latents import LatentSpace
 from liquidgen.eval.metrics import compare
 from liquidgen.eval.standard import METRICS, features, frechet
-from liquidgen.objective import RectifiedFlow
-from liquidgen.pipeline.sampler import generate_raw
+from liquidgen.objective import objective_for
+from liquidgen.pipeline.sampler import generate_raw, resolve_sampler
 from liquidgen.pipeline.vae import decode_latents
 
 BINS = 5
@@ -24,10 +24,12 @@ def quantized(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def loss_per_bin(model, x0: torch.Tensor, labels, bins: int = BINS, seed: int = 0, device="cpu") -> dict[str, float]:
-    """Flow-matching loss at fixed t-bin centres with fixed noise (seeded), so two evaluations of
-    one model agree exactly and of two models differ only by the models; `labels` None for an
-    unconditional run."""
+def loss_per_bin(model, x0: torch.Tensor, labels, bins: int = BINS, seed: int = 0, device="cpu",
+                 objective: str | None = None) -> dict[str, float]:
+    """The objective's loss (flow unless named; no regularizers) at fixed t-bin centres with
+    fixed noise (seeded), so two evaluations of one model agree exactly and of two models differ
+    only by the models; `labels` None for an unconditional run."""
+    loss = objective_for(objective)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=gen)
     out = {}
@@ -37,9 +39,9 @@ def loss_per_bin(model, x0: torch.Tensor, labels, bins: int = BINS, seed: int = 
         for i in range(0, len(x0), 64):
             xs, ns = x0[i : i + 64], noise[i : i + 64]
             t = torch.full((len(xs),), t_val)
-            xt = RectifiedFlow.noisy(xs, ns, t)
+            xt = loss.noisy(xs, ns, t)
             v = model(xt.to(device), t.to(device), None if labels is None else labels[i : i + 64].to(device))
-            losses.append(F.mse_loss(v.float().cpu(), RectifiedFlow.target(xs, ns), reduction="sum") / xs[0].numel())
+            losses.append(F.mse_loss(v.float().cpu(), loss.target(xs, ns, t), reduction="sum") / xs[0].numel())
         out[f"t={t_val:.1f}"] = float(sum(losses) / len(x0))
     return out
 
@@ -59,16 +61,18 @@ class Evaluator:
 
     def settings(self) -> dict:
         """What the numbers were computed with, for config.json and eval.json."""
-        return {"flow_loss": f"MSE at t = {', '.join(f'{(b + 0.5) / BINS:.1f}' for b in range(BINS))}, fixed seeded noise",
+        objective = self.lat.get("objective") or "flow"
+        return {"flow_loss": f"{objective} MSE at t = {', '.join(f'{(b + 0.5) / BINS:.1f}' for b in range(BINS))}, "
+                             "fixed seeded noise",
                 "latents": len(self.x0), "n": self.n,
                 "metrics": "swd (Laplacian-pyramid patches), fd_random and kid_random (RandomFeatures, a seeded "
                            "random CNN: no downloaded weights), precision, recall" if self.n else None,
                 **({"standard": {m: METRICS[m] for m in self.standard}} if self.standard else {}),
-                "sampler": "euler", "steps": self.steps, "cfg_scale": self.cfg_scale,
+                "sampler": resolve_sampler(objective, "auto"), "steps": self.steps, "cfg_scale": self.cfg_scale,
                 "guidance_interval": list(GUIDANCE_INTERVAL), "seed": self.seed}
 
     def flow_loss(self, model, device) -> dict[str, float]:
-        return loss_per_bin(model, self.x0, self.labels, seed=self.seed, device=device)
+        return loss_per_bin(model, self.x0, self.labels, seed=self.seed, device=device, objective=self.lat.get("objective"))
 
     def sample_metrics(self, model, device) -> tuple[dict[str, float], int]:
         """(metrics, model calls per image) for `n` samples, with the real side's class mix."""
@@ -80,7 +84,7 @@ class Evaluator:
             self.real = quantized(decode_latents(raw, self.lat["vae"], device))
         gen = torch.Generator().manual_seed(self.seed + 1)
         raw, calls = generate_raw(model, self.lat, labels, self.n, self.steps, self.cfg_scale, GUIDANCE_INTERVAL,
-                                  "euler", gen, device, self.batch_size)
+                                  "auto", gen, device, self.batch_size)
         fake = quantized(decode_latents(raw, self.lat["vae"], device))
         self.fake = fake  # the images just scored, for a caller to look at
         metrics = compare(self.real[: self.n], fake, self.seed)

@@ -3,7 +3,7 @@
     out/model_index.json          LiquidGenPipeline: unet, scheduler, vae
     out/unet/                     LiquidUNet2DModel (config.json + safetensors): EMA weights,
                                   latent statistics, class names and the VAE's description
-    out/scheduler/                FlowMatchEulerDiscreteScheduler
+    out/scheduler/                FlowMatchEulerDiscreteScheduler (DDIMScheduler for --objective eps)
     out/vae/                      the run's VAE: its diffusers model, or a TAESD-family pair as
                                   TAESDModel
     out/pipeline.py               for `DiffusionPipeline.from_pretrained(out, custom_pipeline=...)`
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import ConfigMixin, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
@@ -30,7 +30,7 @@ from liquidgen.backbone.models import is_liquid
 from liquidgen.backbone.unet import LiquidUNet, LiquidUNetConfig
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.checkpoint import load_run
-from liquidgen.pipeline.sampler import generate_raw, pick_labels
+from liquidgen.pipeline.sampler import generate_raw, make_scheduler, pick_labels, resolve_sampler
 from liquidgen.pipeline.taesd import build_decoder, build_encoder, pooled_blocks
 from liquidgen.pipeline.vae import FrozenVae, load_vae
 
@@ -69,7 +69,7 @@ class TAESDModel(ModelMixin, ConfigMixin):
 class LiquidGenPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet->vae"
 
-    def __init__(self, unet: LiquidUNet2DModel, scheduler: FlowMatchEulerDiscreteScheduler, vae: ModelMixin):
+    def __init__(self, unet: LiquidUNet2DModel, scheduler: SchedulerMixin, vae: ModelMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
@@ -152,7 +152,9 @@ def _save_pipeline(model, config: dict, out: str) -> None:
         vae = TAESDModel(info["latent_channels"], pooled_blocks(enc), pooled_blocks(dec))
         vae.encoder.load_state_dict(enc)
         vae.decoder.load_state_dict(dec)
-    pipe = LiquidGenPipeline(unet=unet, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae)
+    # the run's default sampler as the pipeline's scheduler: flow-matching Euler, or DDIM for eps
+    scheduler = make_scheduler(resolve_sampler(config["latents"].get("objective"), "auto"))
+    pipe = LiquidGenPipeline(unet=unet, scheduler=scheduler, vae=vae)
     try:
         pipe.save_pretrained(out)
         (Path(out) / "pipeline.py").write_text(

@@ -1,7 +1,9 @@
-"""The sampler: integrating the learned flow from noise to latents.
+"""The sampler: integrating what the model learned from noise to latents.
 
-The step rule is diffusers' flow-matching schedulers (Euler, or Heun at about twice the model
-calls); classifier-free guidance is applied only inside a guidance interval of t, away from
+The step rule is a diffusers scheduler: for rectified flow its flow-matching schedulers (Euler,
+or Heun at about twice the model calls), for noise prediction DDIM on the training schedule
+(`liquidgen.objective` owns both). Either way the model sees `t = timestep / 1000`, the value
+training gave it. Classifier-free guidance is applied only inside a guidance interval of t, away from
 the noisiest steps, where it mostly costs diversity (Kynkäänniemi et al., 2024). Used by the
 `sample`, `eval` and `export` stages and by training previews, so all give the same latents for
 the same seed.
@@ -12,7 +14,38 @@ from __future__ import annotations
 import torch
 
 from liquidgen.cache.latents import LatentSpace
+from liquidgen.config import SAMPLERS
 from liquidgen.errors import LiquidgenError
+
+
+def resolve_sampler(objective: str | None, sampler):
+    """The sampler for a model trained with `objective` (None: flow, as runs before objectives
+    were named): "auto" is the objective's default; a sampler that integrates the other
+    objective is refused; a scheduler instance is taken as given."""
+    objective = objective or "flow"
+    if not isinstance(sampler, str):
+        return sampler
+    allowed = SAMPLERS[objective]
+    if sampler == "auto":
+        return allowed[0]
+    if sampler not in allowed:
+        raise LiquidgenError(f"--sampler {sampler} does not fit this run: it was trained with --objective {objective}, "
+                             f"which samples with {' or '.join(allowed)} (or --sampler auto)")
+    return sampler
+
+
+def make_scheduler(sampler):
+    """A fresh diffusers scheduler for a sampler name, or a fresh copy of a scheduler (they keep
+    per-run state)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+
+    if not isinstance(sampler, str):
+        return type(sampler).from_config(sampler.config)
+    if sampler == "ddim":
+        from liquidgen.objective import EpsilonPrediction
+
+        return EpsilonPrediction.scheduler()
+    return {"euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler}[sampler]()
 
 
 @torch.no_grad()
@@ -29,16 +62,12 @@ def sample_latents(
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, int]:
     """Normalized latents (n, *shape) and the model evaluations it took per image (a guided
-    step is two). `sampler` is
-    "euler", "heun", or a diffusers flow-matching scheduler whose config is used."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
-
-    if isinstance(sampler, str):
-        scheduler = {"euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler}[sampler]()
-    else:  # a fresh copy: schedulers keep per-run state
-        scheduler = type(sampler).from_config(sampler.config)
+    step is two). `sampler` is "euler" or "heun" (a velocity model), "ddim" (a noise-prediction
+    model), or a diffusers scheduler whose config is used; the model's output is what the
+    scheduler's step takes."""
+    scheduler = make_scheduler(sampler)
     scheduler.set_timesteps(steps, device=device)
-    x = torch.randn((n, *shape), generator=generator, device="cpu").to(device)
+    x = torch.randn((n, *shape), generator=generator, device="cpu").to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
     null = None
     if labels is not None and cfg_scale != 1.0:
         null = torch.full_like(labels, model.null_class)
@@ -61,6 +90,7 @@ def generate_raw(model, lat: dict, labels, n, steps, cfg_scale, interval, sample
     """Raw (denormalized) latents for `n` images, in batches; shared by `sample` and the exported
     diffusers pipeline so both give the same images for the same seed."""
     space = LatentSpace.from_run(lat)
+    sampler = resolve_sampler(lat.get("objective"), sampler)
     chunks, calls = [], 0
     for start in range(0, n, batch_size):
         k = min(batch_size, n - start)

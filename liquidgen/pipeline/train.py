@@ -1,4 +1,5 @@
-"""Stage 2: train the liquid backbone with rectified flow on a latent cache.
+"""Stage 2: train the backbone on a latent cache with rectified flow (or, `--objective eps`,
+noise prediction).
 
 Only tensors are loaded: the latents, normalized by the manifest's statistics. The VAE is
 loaded when a preview is decoded and released right after. The loop is deliberately one
@@ -25,9 +26,9 @@ from liquidgen.backbone.models import MODELS, build_model, model_spec
 from liquidgen.backbone.unet import count_parameters
 from liquidgen.cache.loader import open_latents
 from liquidgen.cache.lock import CacheLock
-from liquidgen.config import TrainConfig
+from liquidgen.config import SAMPLERS, TrainConfig
 from liquidgen.errors import LiquidgenError
-from liquidgen.objective import RectifiedFlow, ema_update, parse_reg
+from liquidgen.objective import ema_update, objective_for, parse_reg
 from liquidgen.pipeline import checkpoint as ckpt
 from liquidgen.pipeline.evaluator import Evaluator
 from liquidgen.pipeline.images import image_grid
@@ -127,6 +128,9 @@ def _check_resume(run: Path, config: dict) -> None:
         diff = [k for k in config["cache"] if old["cache"].get(k) != config["cache"][k]]
         raise LiquidgenError(f"{run} was trained on another cache ({', '.join(diff)} differ: "
                              f"{old['cache']['path']}); resume with that --cache or use a new --out")
+    trained = old.get("train", {}).get("objective") or "flow"
+    if trained != config["train"]["objective"]:
+        raise LiquidgenError(f"{run} was trained with --objective {trained}; resume with it or use a new --out")
     before = old.get("train", {}).get("val_fraction", 0.0)
     if before != config["train"]["val_fraction"]:
         raise LiquidgenError(f"{run} held out --val-fraction {before} of its cache; resume with the same, "
@@ -230,10 +234,12 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
     params = _check_memory(spec, device)
     config = {"train": {**asdict(cfg), "threads": torch.get_num_threads()},  # the threads chosen, not None
               "model": spec, "cache": _cache_identity(data),
-              # what sampling needs without the cache: undo normalization, name classes, decode
+              # what sampling needs without the cache: undo normalization, name classes, decode,
+              # and what the model predicts (the sampler follows from it)
               "latents": {"shape": list(data.shape), "mean": data.manifest.stats["mean"][: data.shape[0]],
                           "std": data.manifest.stats["std"][: data.shape[0]],
-                          "label_names": data.manifest.label_names, "vae": data.manifest.vae}}
+                          "label_names": data.manifest.label_names, "vae": data.manifest.vae,
+                          "objective": cfg.objective}}
     evaluator = None
     if cfg.val_fraction:  # the held-out latents (at most EVAL_LATENTS of them) scored every --eval-every steps
         x0, labels = data.held_out(EVAL_LATENTS)
@@ -299,7 +305,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
     # continues the epoch (a streamed cache without repeating a shard)
     epoch, skip = data.start(state.get("position") if state else None, step * cfg.grad_accum)
     micro = _stream(data, epoch, skip)
-    objective = RectifiedFlow(parse_reg(cfg.reg))  # the loss the loop calls: flow MSE plus any --reg terms
+    objective = objective_for(cfg.objective, parse_reg(cfg.reg))  # the loss the loop calls, plus any --reg terms
     stops = StopSignals().__enter__()
     try:
         while step < cfg.steps and result.stopped_by is None:
@@ -309,7 +315,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
             parts = [next(micro) for _ in range(cfg.grad_accum)]
             epoch, batch = parts[-1][0], parts[-1][1]
             n = sum(len(p[2]) for p in parts)
-            t_all = torch.sigmoid(torch.randn(n, generator=gen, device=device))  # logit-normal(0, 1)
+            t_all = objective.draw_t(n, gen, device)  # flow: logit-normal(0, 1); eps: uniform timesteps
             noise_all = torch.randn((n, *parts[0][2].shape[1:]), generator=gen, device=device)
             drop_all = torch.rand(n, generator=gen, device=device) < cfg.class_dropout
             at, step_loss = 0, torch.zeros((), device=device)
@@ -398,7 +404,8 @@ def preview(ema, data, run: Path, step: int, cfg: TrainConfig, device) -> Path:
     n = cfg.preview_n
     labels = torch.arange(n, device=device) % data.num_classes if data.num_classes else None
     gen = torch.Generator().manual_seed(cfg.seed)
-    z, _ = sample_latents(ema, n, data.shape, labels, cfg.preview_steps, cfg.cfg_scale, generator=gen, device=device)
+    z, _ = sample_latents(ema, n, data.shape, labels, cfg.preview_steps, cfg.cfg_scale,
+                          sampler=SAMPLERS[cfg.objective][0], generator=gen, device=device)
     vae = load_vae(data.manifest.vae, device=device)
     try:
         images = torch.cat([vae.decode(data.denormalize(chunk)) for chunk in z.split(16)])
