@@ -9,7 +9,9 @@ Both take ``t ∈ [0, 1]`` and scale it by 1000, the range their sinusoidal embe
 from __future__ import annotations
 
 import torch
-from torch import nn
+from diffusers import ModelMixin  # noqa: F401 - the loader finds the base class in this module
+
+from liquidgen.backbone.base import Backbone
 
 BASELINES: dict[str, dict] = {
     "dit-tiny": {"arch": "dit", "num_layers": 6, "num_attention_heads": 4, "attention_head_dim": 64, "patch_size": 2},
@@ -19,13 +21,13 @@ BASELINES: dict[str, dict] = {
 }
 
 
-class DiTBaseline(nn.Module):
+class DiTBaseline(Backbone):
     """`DiTTransformer2DModel` (adaLN-Zero, patch 2) predicting the velocity."""
 
     def __init__(self, spec: dict):
         from diffusers import DiTTransformer2DModel
 
-        super().__init__()
+        super().__init__(spec)
         self.num_classes = spec["num_classes"]
         self.net = DiTTransformer2DModel(
             num_attention_heads=spec["num_attention_heads"], attention_head_dim=spec["attention_head_dim"],
@@ -45,13 +47,13 @@ class DiTBaseline(nn.Module):
         return self.net(x, timestep=t * 1000, class_labels=labels).sample
 
 
-class UNetBaseline(nn.Module):
+class UNetBaseline(Backbone):
     """`UNet2DModel` (ResNet blocks, self-attention at the two lower levels) predicting the velocity."""
 
     def __init__(self, spec: dict):
         from diffusers import UNet2DModel
 
-        super().__init__()
+        super().__init__(spec)
         self.num_classes = spec["num_classes"]
         self.net = UNet2DModel(
             sample_size=spec["sample_size"], in_channels=spec["in_channels"], out_channels=spec["in_channels"],

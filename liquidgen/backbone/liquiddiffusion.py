@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import ModelMixin  # noqa: F401 - the loader finds the base class in this module
 from torch import nn
 
+from liquidgen.backbone.base import Backbone
 from liquidgen.backbone.blocks import groups_for
 from liquidgen.backbone.unet import condition, unet_levels
 
@@ -114,12 +116,13 @@ class LiquidDiffusionBlock(nn.Module):
         return x + self.ffn(self.norm2(x, cond))
 
 
-class LiquidDiffusion(nn.Module):
+class LiquidDiffusion(Backbone):
     """Predicts the velocity from x_t, t and a class."""
 
     def __init__(self, spec: dict):
-        super().__init__()
-        c = self.config = LiquidDiffusionConfig(**spec)
+        c = LiquidDiffusionConfig(**spec)
+        super().__init__(c.to_dict())
+        self.cfg = c
         ch, cond_dim = c.channels, 4 * c.channels[0]
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         self.class_emb = nn.Embedding(c.num_classes + 1, cond_dim) if c.num_classes else None
@@ -136,8 +139,8 @@ class LiquidDiffusion(nn.Module):
 
     @property
     def null_class(self) -> int:
-        return self.config.num_classes
+        return self.cfg.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cond = condition(self, t, labels, self.config.channels[0])
+        cond = condition(self, t, labels, self.cfg.channels[0])
         return self.out(unet_levels(self, self.stem(x), lambda blk, h: blk(h, t, cond)))

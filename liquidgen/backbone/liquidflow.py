@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import ModelMixin  # noqa: F401 - the loader finds the base class in this module
 from torch import nn
 
+from liquidgen.backbone.base import Backbone
 from liquidgen.backbone.ssd import ssd
 from liquidgen.backbone.unet import condition
 
@@ -117,12 +119,13 @@ class LiquidMambaBlock(nn.Module):
         return self.gate_out(self.mixer(self.gate_in(x, t), orders), t)
 
 
-class LiquidFlow(nn.Module):
+class LiquidFlow(Backbone):
     """Predicts the velocity from x_t, t and a class."""
 
     def __init__(self, spec: dict):
-        super().__init__()
-        c = self.config = LiquidFlowConfig(**spec)
+        c = LiquidFlowConfig(**spec)
+        super().__init__(c.to_dict())
+        self.cfg = c
         d = c.hidden
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.class_emb = nn.Embedding(c.num_classes + 1, d) if c.num_classes else None
@@ -136,11 +139,11 @@ class LiquidFlow(nn.Module):
 
     @property
     def null_class(self) -> int:
-        return self.config.num_classes
+        return self.cfg.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         b, ch, height, width = x.shape
-        cond = condition(self, t, labels, self.config.hidden)
+        cond = condition(self, t, labels, self.cfg.hidden)
         h = self.stem(x).flatten(2).transpose(1, 2)  # (b, H·W, d), row-major
         orders = grid_orders(height, width, x.device)
         for inject, blocks in zip(self.inject, self.stages):

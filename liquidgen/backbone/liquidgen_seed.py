@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import ModelMixin  # noqa: F401 - the loader finds the base class in this module
 from torch import nn
 
+from liquidgen.backbone.base import Backbone
 from liquidgen.backbone.blocks import AdaGN, groups_for
 from liquidgen.backbone.unet import condition
 
@@ -109,12 +111,13 @@ class LiquidGenBlock(nn.Module):
         return self.ltc2(x, self.mlp(self.norm2(x, s2, c2)))
 
 
-class LiquidGen(nn.Module):
+class LiquidGen(Backbone):
     """Predicts the velocity from x_t, t and a class."""
 
     def __init__(self, spec: dict):
-        super().__init__()
-        c = self.config = LiquidGenConfig(**spec)
+        c = LiquidGenConfig(**spec)
+        super().__init__(c.to_dict())
+        self.cfg = c
         d, side = c.hidden, c.sample_size // c.patch
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.class_emb = nn.Embedding(c.num_classes + 1, d) if c.num_classes else None
@@ -129,10 +132,10 @@ class LiquidGen(nn.Module):
 
     @property
     def null_class(self) -> int:
-        return self.config.num_classes
+        return self.cfg.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cond = condition(self, t, labels, self.config.hidden)
+        cond = condition(self, t, labels, self.cfg.hidden)
         h = self.in_proj(self.patch_embed(x) + self.pos_embed)
         half = len(self.blocks) // 2
         skips = []

@@ -7,14 +7,13 @@ baselines existed read unchanged); a baseline's spec carries ``arch`` (``dit`` o
 
 from __future__ import annotations
 
-from torch import nn
-
+from liquidgen.backbone.base import Backbone
 from liquidgen.backbone.baselines import ARCHS as BASELINE_ARCHS
 from liquidgen.backbone.baselines import BASELINES
 from liquidgen.backbone.liquiddiffusion import LIQUIDDIFFUSION_SIZES, LiquidDiffusion
 from liquidgen.backbone.liquidflow import LIQUIDFLOW_SIZES, LiquidFlow
 from liquidgen.backbone.liquidgen_seed import LIQUIDGEN_SIZES, LiquidGen
-from liquidgen.backbone.unet import SIZES, LiquidUNet, LiquidUNetConfig, model_config
+from liquidgen.backbone.unet import SIZES, LiquidUNet, model_config
 
 # The seed designs of ../shared/reference, by their own names: {name: spec without the data's shape}
 SEEDS: dict[str, dict] = {**{name: {"arch": "liquiddiffusion", **size} for name, size in LIQUIDDIFFUSION_SIZES.items()},
@@ -40,16 +39,12 @@ def model_spec(name: str, in_channels: int, num_classes: int, sample_size: int, 
     return {**BASELINES[name], "in_channels": in_channels, "num_classes": num_classes, "sample_size": sample_size}
 
 
-def build_model(spec: dict | str, in_channels: int = 16, num_classes: int = 0, sample_size: int = 32) -> nn.Module:
+def build_model(spec: dict | str, in_channels: int = 16, num_classes: int = 0, sample_size: int = 32) -> Backbone:
     """The module for a spec (a run's config.json `model`), or for a name and the latents' shape
     (`build_model("liquidflow-tiny", in_channels=4)`): 16 channels at 32² are FLUX's at 256 px."""
     if isinstance(spec, str):
         spec = model_spec(spec, in_channels, num_classes, sample_size)
     arch = spec.get("arch", "liquid")
     if arch == "liquid":
-        return LiquidUNet(LiquidUNetConfig(**{"head": "gn", **spec}))  # runs saved before `head` have gn
+        return LiquidUNet({"head": "gn", **spec})  # runs saved before `head` have gn
     return ARCHS[arch](spec)
-
-
-def is_liquid(spec: dict) -> bool:
-    return spec.get("arch", "liquid") == "liquid"

@@ -1,7 +1,7 @@
 """The liquid U-Net: attention-free, for latents of any channel count and size.
 
-Configs are plain data (`LiquidUNetConfig`), named sizes live in `SIZES`, and a checkpoint
-stores the config as JSON next to safetensors weights, as diffusers does.
+Configs are plain data (`LiquidUNetConfig`), named sizes live in `SIZES`; the model is a
+diffusers model whose saved config is that data (`backbone/base.py`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from diffusers import ModelMixin  # noqa: F401 - the loader finds the base class in this module
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from liquidgen.backbone.base import Backbone
 from liquidgen.backbone.blocks import AdaGN, LiquidBlock, groups_for
 
 
@@ -101,12 +103,15 @@ def unet_levels(model: nn.Module, h: torch.Tensor, run) -> torch.Tensor:
     return h
 
 
-class LiquidUNet(nn.Module):
-    """Predicts the rectified-flow velocity ``ε − x0`` from ``x_t``, ``t`` and an optional class."""
+class LiquidUNet(Backbone):
+    """Predicts the rectified-flow velocity ``ε − x0`` (or the noise, `--objective eps`) from
+    ``x_t``, ``t`` and an optional class. `spec`: a `LiquidUNetConfig` or its fields as a dict
+    (what the saved config holds)."""
 
-    def __init__(self, config: LiquidUNetConfig):
-        super().__init__()
-        self.config = c = config
+    def __init__(self, spec: dict | LiquidUNetConfig):
+        c = spec if isinstance(spec, LiquidUNetConfig) else LiquidUNetConfig(**spec)
+        super().__init__(c.to_dict())
+        self.cfg = c
         ch = c.channels
         cond_dim = c.cond_dim or 4 * ch[0]
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
@@ -141,19 +146,19 @@ class LiquidUNet(nn.Module):
 
     @property
     def null_class(self) -> int:
-        return self.config.num_classes
+        return self.cfg.num_classes
 
     def _run(self, blk: LiquidBlock, x, t, cond):
-        if self.config.grad_checkpoint and self.training:
+        if self.cfg.grad_checkpoint and self.training:
             return checkpoint(blk, x, t, cond, use_reentrant=False)
         return blk(x, t, cond)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cond = condition(self, t, labels, self.config.channels[0])
+        cond = condition(self, t, labels, self.cfg.channels[0])
         h = unet_levels(self, self.stem(x), lambda blk, h: self._run(blk, h, t, cond))
-        if self.config.head == "ada":
-            dim = self.config.channels[0]
-            shift, scale, skip = self.out_mod(F.silu(cond)).split([dim, dim, self.config.in_channels], dim=1)
+        if self.cfg.head == "ada":
+            dim = self.cfg.channels[0]
+            shift, scale, skip = self.out_mod(F.silu(cond)).split([dim, dim, self.cfg.in_channels], dim=1)
             return self.out(self.out_norm(h, shift, scale)) + skip[:, :, None, None] * x
         return self.out(F.silu(self.out_norm(h)))
 
