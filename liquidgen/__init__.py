@@ -24,6 +24,7 @@ _API = {
     "build_model": "liquidgen.backbone.models", "MODELS": "liquidgen.backbone.models",
     "load_run": "liquidgen.pipeline.checkpoint", "sample_latents": "liquidgen.pipeline.sampler",
     "decode_latents": "liquidgen.pipeline.vae", "RectifiedFlow": "liquidgen.objective",
+    "EpsilonPrediction": "liquidgen.objective", "LiquidGenPipeline": "liquidgen.pipeline.export",
 }
 __all__ = [*_API, "__version__"]
 

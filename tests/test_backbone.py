@@ -73,10 +73,10 @@ def test_runs_saved_before_the_conditioned_head_load_with_the_old_head():
     from liquidgen.backbone.models import build_model
 
     old = LiquidUNet(model_config("nano", head="gn", num_classes=2))
-    spec = old.config.to_dict()
+    spec = old.cfg.to_dict()
     del spec["head"]  # what a run's config.json held before the head was an option
     model = build_model(spec)
-    assert model.config.head == "gn"
+    assert model.cfg.head == "gn"
     model.load_state_dict(old.state_dict())  # strict: the same weights fit
     assert model_config("nano").head == "ada"  # new runs get the conditioned head
 
@@ -93,7 +93,7 @@ def test_the_conditioned_head_lets_the_output_depend_on_t_directly():
 
 def test_the_conditioned_skip_passes_x_t_straight_to_the_output():
     model = LiquidUNet(model_config("nano", num_classes=2))
-    dim = model.config.channels[0]
+    dim = model.cfg.channels[0]
     with torch.no_grad():
         model.out_mod.bias[2 * dim :] = 0.5  # the skip's share; every other weight of a new model is zero
         x = torch.randn(2, 32, 8, 8)

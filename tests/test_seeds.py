@@ -1,5 +1,5 @@
 """The seed designs of ../shared/reference as models of their own: `--model liquidflow-*` and
-`--model liquidgen-*`, each trained, resumed and sampled through the same loop as the others."""
+`--model liquidgen-*`, each trained, resumed, sampled and exported through the same code as the others."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_each_seed_size_builds_on_the_meta_device_at_its_documented_count(name):
         model = build_model(model_spec(name, channels, 0, side))
     assert count_parameters(model) == pytest.approx(count, rel=rel)
     layout = {**LIQUIDDIFFUSION_SIZES, **LIQUIDFLOW_SIZES, **LIQUIDGEN_SIZES}[name]
-    assert {k: getattr(model.config, k) for k in layout} == {k: tuple(v) if isinstance(v, list) else v
+    assert {k: getattr(model.cfg, k) for k in layout} == {k: tuple(v) if isinstance(v, list) else v
                                                              for k, v in layout.items()}
 
 
@@ -116,7 +116,8 @@ def test_the_zigzag_scan_is_a_convolution_along_that_order():
 
 @pytest.mark.parametrize("name", ["liquiddiffusion-tiny", "liquidflow-tiny", "liquidgen-s"])
 def test_a_seed_family_trains_resumes_bit_exactly_and_samples(cache40, tmp_path, name):
-    from liquidgen.pipeline.sample import SampleConfig, sample
+    from liquidgen.pipeline.export import LiquidGenPipeline, export
+    from liquidgen.pipeline.sample import SampleConfig, generate, sample
 
     def cfg(out, steps, **kw):
         return TrainConfig(cache=str(cache40), out=str(out), model=name, batch_size=8, steps=steps,
@@ -130,3 +131,9 @@ def test_a_seed_family_trains_resumes_bit_exactly_and_samples(cache40, tmp_path,
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["arch"] == name.split("-")[0]
     result = sample(SampleConfig(run=str(tmp_path / "run"), out=str(tmp_path / "s"), n=2, steps=2, cfg_scale=2.0))
     assert len(result.images) == 2
+    # exported as a diffusers pipeline holding the model itself, it samples what `generate` does
+    pipe = LiquidGenPipeline.from_pretrained(str(export(str(tmp_path / "run"), str(tmp_path / "pipe"))))
+    assert type(pipe.unet).__name__ == {"liquiddiffusion": "LiquidDiffusion", "liquidflow": "LiquidFlow",
+                                        "liquidgen": "LiquidGen"}[name.split("-")[0]]
+    images = pipe(num_images=2, num_inference_steps=2, guidance_scale=2.0, seed=1, output_type="pt").images
+    torch.testing.assert_close(images, generate(tmp_path / "run", n=2, steps=2, cfg_scale=2.0, seed=1), rtol=0, atol=1e-5)

@@ -1,8 +1,9 @@
 """`liquidgen export`: a trained run as a diffusers pipeline folder.
 
-    out/model_index.json          LiquidGenPipeline: unet, scheduler, vae
-    out/unet/                     LiquidUNet2DModel (config.json + safetensors): EMA weights,
-                                  latent statistics, class names and the VAE's description
+    out/model_index.json          LiquidGenPipeline: unet, scheduler, vae, and `latents` (the
+                                  run's latent statistics, class names and the VAE's description)
+    out/unet/                     the run's backbone, any family (config.json: its spec;
+                                  safetensors: the EMA weights)
     out/scheduler/                FlowMatchEulerDiscreteScheduler (DDIMScheduler for --objective eps)
     out/vae/                      the run's VAE: its diffusers model, or a TAESD-family pair as
                                   TAESDModel
@@ -26,8 +27,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
-from liquidgen.backbone.models import is_liquid
-from liquidgen.backbone.unet import LiquidUNet, LiquidUNetConfig
+from liquidgen.backbone.base import Backbone
+from liquidgen.backbone.unet import LiquidUNet
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.checkpoint import load_run
 from liquidgen.pipeline.sampler import generate_raw, make_scheduler, pick_labels, resolve_sampler
@@ -36,17 +37,20 @@ from liquidgen.pipeline.vae import FrozenVae, load_vae
 
 
 class LiquidUNet2DModel(ModelMixin, ConfigMixin):
-    """The liquid U-Net as a diffusers model; the config also carries what sampling needs."""
+    """Reads pipelines exported by liquidgen 0.1.0, whose `unet` wrapped the liquid U-Net (as
+    `net`) and listed its fields flat beside `latents`. New exports save the backbone itself."""
 
-    @register_to_config
-    def __init__(self, in_channels: int = 32, channels=(64, 128, 192), blocks=(1, 1, 2), mid_blocks: int = 1,
-                 num_classes: int = 0, cfc: str = "paper", kernels=(3, 5, 7), global_path: bool = True,
-                 relax: bool = True, grid: int = 0, head: str = "gn", cond_dim: int = 0, grad_checkpoint: bool = False,
-                 latents: dict | None = None):
+    def __init__(self, spec: dict, latents: dict | None = None):
         super().__init__()
-        self.net = LiquidUNet(LiquidUNetConfig(
-            in_channels=in_channels, channels=channels, blocks=blocks, mid_blocks=mid_blocks, num_classes=num_classes,
-            cfc=cfc, kernels=kernels, global_path=global_path, relax=relax, grid=grid, head=head, cond_dim=cond_dim))
+        self.register_to_config(spec=spec, latents=latents)
+        self.net = LiquidUNet({"head": "gn", **spec})
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict, **kwargs):
+        fields = {k: v for k, v in config_dict.items() if not k.startswith("_") and k not in ("spec", "latents")}
+        config_dict = {**{k: v for k, v in config_dict.items() if k.startswith("_")},
+                       "spec": config_dict.get("spec", fields), "latents": config_dict.get("latents")}
+        return super().extract_init_dict(config_dict, **kwargs)
 
     @property
     def null_class(self) -> int:
@@ -69,12 +73,19 @@ class TAESDModel(ModelMixin, ConfigMixin):
 class LiquidGenPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet->vae"
 
-    def __init__(self, unet: LiquidUNet2DModel, scheduler: SchedulerMixin, vae: ModelMixin):
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin, latents: dict | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(latents=latents)
+
+    @property
+    def latents(self) -> dict:
+        """The run's latent statistics, class names and VAE description (`latents` in the run's
+        config.json), which sampling needs; pipelines from liquidgen 0.1.0 kept them in the unet."""
+        return self.config.latents or self.unet.config.latents
 
     def _frozen_vae(self) -> FrozenVae:
-        info = self.unet.config.latents["vae"]
+        info = self.latents["vae"]
         if isinstance(self.vae, TAESDModel):
             return FrozenVae(info, encoder=self.vae.encoder, decoder=self.vae.decoder)
         return FrozenVae(info, model=self.vae)
@@ -83,7 +94,7 @@ class LiquidGenPipeline(DiffusionPipeline):
     def __call__(self, num_images: int = 4, num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  class_name: str | None = None, guidance_interval: tuple[float, float] = (0.0, 0.75),
                  seed: int = 0, batch_size: int = 64, output_type: str = "pil") -> ImagePipelineOutput:
-        lat = self.unet.config.latents
+        lat = self.latents
         labels = pick_labels(lat["label_names"], num_images, class_name)
         gen = torch.Generator().manual_seed(seed)
         raw, _ = generate_raw(self.unet.eval(), lat, labels, num_images, num_inference_steps, guidance_scale,
@@ -120,19 +131,14 @@ def model_card(run: str, config: dict, checkpoint: str) -> str:
 
 
 def export(run: str, out: str, checkpoint: str | None = None, onnx: bool = False) -> Path:
-    """The diffusers pipeline folder for liquidgen's U-Net; with `onnx`, also (for every model
-    liquidgen trains, the seed designs included) the backbone and VAE decoder as ONNX files."""
+    """The diffusers pipeline folder of a run's EMA model (any model liquidgen trains); with
+    `onnx`, also the backbone and VAE decoder as ONNX files beside it."""
     model, config, path = load_run(run, checkpoint)
-    liquid = is_liquid(config["model"])  # the seeds and baselines have no diffusers pipeline class: ONNX only
-    if not liquid and not onnx:
-        raise LiquidgenError(f"{run} trained the {config['model']['arch']} model; export writes liquid models only "
-                             "as a diffusers pipeline (export --onnx writes any model)")
     if onnx:
         from liquidgen.pipeline.onnx import export_onnx
 
         export_onnx(model, config, Path(out))
-    if liquid:
-        _save_pipeline(model, config, out)
+    _save_pipeline(model, config, out)
     try:
         (Path(out) / "README.md").write_text(model_card(run, config, path.name))
     except OSError as exc:
@@ -140,9 +146,7 @@ def export(run: str, out: str, checkpoint: str | None = None, onnx: bool = False
     return Path(out)
 
 
-def _save_pipeline(model, config: dict, out: str) -> None:
-    unet = LiquidUNet2DModel(**config["model"], latents=config["latents"])
-    unet.net.load_state_dict(model.state_dict())
+def _save_pipeline(model: Backbone, config: dict, out: str) -> None:
     info = config["latents"]["vae"]
     frozen = load_vae(info)
     if frozen.model is not None:
@@ -154,7 +158,7 @@ def _save_pipeline(model, config: dict, out: str) -> None:
         vae.decoder.load_state_dict(dec)
     # the run's default sampler as the pipeline's scheduler: flow-matching Euler, or DDIM for eps
     scheduler = make_scheduler(resolve_sampler(config["latents"].get("objective"), "auto"))
-    pipe = LiquidGenPipeline(unet=unet, scheduler=scheduler, vae=vae)
+    pipe = LiquidGenPipeline(unet=model, scheduler=scheduler, vae=vae, latents=config["latents"])
     try:
         pipe.save_pretrained(out)
         (Path(out) / "pipeline.py").write_text(
