@@ -87,7 +87,7 @@ def run(full: bool = False, device: str = "auto") -> dict:
             for _ in range(REPEATS):
                 _step(forward)
             times[name].append((time.perf_counter() - t0) / REPEATS)
-    rows = [{"layer": name, "params": sum(p.numel() for p in module.parameters()) if module else 0,
+    rows = [{"name": name, "params": sum(p.numel() for p in module.parameters()) if module else 0,
              "gflops_forward": _gflops(forward), "seconds": statistics.median(times[name]), "rounds": times[name]}
             for name, (module, forward) in layers.items()]
     return {"device": "cpu", "batch_size": BATCH, "grid": GRID, "width": width, "threads": torch.get_num_threads(),
@@ -95,13 +95,13 @@ def run(full: bool = False, device: str = "auto") -> dict:
 
 
 def markdown(r: dict) -> str:
-    conv = next(row["seconds"] for row in r["rows"] if row["layer"] == "depthwise 7x7")
+    conv = next(row["seconds"] for row in r["rows"] if row["name"] == "depthwise 7x7")
     lines = [f"One layer's forward + backward at batch {r['batch_size']}, width {r['width']}, on the "
              f"{r['grid']}x{r['grid']} grid of the shoot-out's latents (LiquidGen's zigzag on its 8x8 patch grid), "
              f"{r['device']}, {r['threads']} threads; the median of {len(r['rows'][0]['rounds'])} alternating rounds.\n",
              "| layer | params | forward GFLOPs | s per forward + backward | × depthwise 7x7 |", "|---|---|---|---|---|"]
     for row in r["rows"]:
         params, flops = f"{row['params'] / 1e3:.0f}k" if row["params"] else "–", row["gflops_forward"]
-        lines.append(f"| {row['layer']} | {params} | {f'{flops:.2f}' if flops else '–'} | "
+        lines.append(f"| {row['name']} | {params} | {f'{flops:.2f}' if flops else '–'} | "
                      f"{row['seconds'] * 1e3:.1f} ms | {row['seconds'] / conv:.1f} |")
     return "\n".join(lines) + "\n"
