@@ -32,7 +32,8 @@ err = Console(stderr=True, soft_wrap=True)
 @app.command()
 def encode(
     source: str = typer.Argument(..., help="A preset (paintings, flowers, afhq, ...; see `liquidgen presets`), "
-                                 "hf:ORG/NAME[:split], a folder of images (subfolders = classes), or image .tar files."),
+                                 "hf:ORG/NAME[@REVISION][:split] or hf:PATH (a local snapshot of a Hub dataset), "
+                                 "a folder of images (subfolders = classes), or image .tar files."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create, resume or append to."),
     vae: str = typer.Option(ENCODE.vae, help="VAE preset (flux, flux2, sd, sdxl, taesd, taesdxl, taef1, taef2), a diffusers "
                             "Hub id or folder, or a folder with a TAESD-family *_encoder.pth/*_decoder.pth pair."),
@@ -42,21 +43,27 @@ def encode(
     dtype: str = typer.Option(ENCODE.dtype, help="Stored dtype: fp16, bf16, fp32 or uint8 (per-channel affine, see docs)."),
     store: str = typer.Option(ENCODE.store, help="For KL VAEs: mean, sample, or moments (mean+logvar, sampled at load time)."),
     flip: str = typer.Option(ENCODE.flip, help="none, or both: also encode the horizontally flipped image."),
-    limit: Optional[int] = typer.Option(ENCODE.limit, help="Encode only the first N images of the source."),
+    limit: Optional[int] = typer.Option(ENCODE.limit, help="Encode N images drawn across the whole source (evenly spaced runs "
+                                        "from every file and row group, placed by --seed), not its first files."),
+    image_column: Optional[str] = typer.Option(ENCODE.image_column, help="hf: sources: the column of images "
+                                               "(default: the first image column; presets set theirs)."),
+    label_column: Optional[str] = typer.Option(ENCODE.label_column, help="hf: sources: the ClassLabel column to condition on, "
+                                               "or none (default: the first ClassLabel; presets set theirs)."),
     batch_size: int = typer.Option(ENCODE.batch_size, "--batch-size", "-b", help="Images per VAE forward."),
     workers: int = typer.Option(ENCODE.workers, help="DataLoader workers decoding images."),
     shard_size: int = typer.Option(ENCODE.shard_size, help="Latents per shard (the unit of resume and of sharing)."),
     data_dir: Optional[str] = typer.Option(ENCODE.data_dir, envvar="LIQUIDGEN_DATA_DIR", help="Folder with local copies of presets (offline)."),
     device: str = typer.Option(ENCODE.device, help="auto, cpu, cuda, cuda:1, ..."),
     vae_dtype: str = typer.Option(ENCODE.vae_dtype, help="VAE compute dtype: auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16."),
-    seed: int = typer.Option(ENCODE.seed, help="Seed for --store sample."),
+    seed: int = typer.Option(ENCODE.seed, help="Seed for --store sample and for where --limit draws."),
 ) -> None:
     """Encode images through a frozen VAE into a sharded latent cache (resumable: rerun to finish)."""
     from liquidgen.pipeline.encode import encode as run
 
     cfg = EncodeConfig(
         source=source, out=str(out), vae=vae, vae_subfolder=vae_subfolder, resolution=resolution,
-        format=format, dtype=dtype, store=store, flip=flip, limit=limit, batch_size=batch_size,
+        format=format, dtype=dtype, store=store, flip=flip, limit=limit, image_column=image_column,
+        label_column=label_column, batch_size=batch_size,
         workers=workers, shard_size=shard_size, data_dir=data_dir, device=device,
         vae_dtype=vae_dtype, seed=seed,
     )
@@ -285,7 +292,7 @@ def presets() -> None:
 
     table = Table("dataset preset", "Hugging Face id", "labels", "limit", "about")
     for name, p in PRESETS.items():
-        table.add_row(name, p.hf_id, p.label_column or "-", str(p.limit or "-"), p.note)
+        table.add_row(name, p.hf_id, p.label_column if p.label_column != "none" else "-", str(p.limit or "-"), p.note)
     console.print(table)
     table = Table("VAE preset", "id", "subfolder", "about")
     for name, v in VAE_PRESETS.items():

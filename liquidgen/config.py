@@ -54,7 +54,9 @@ class EncodeConfig:
     dtype: str = "fp16"  # fp16 | bf16 | fp32 | uint8
     store: str = "mean"  # mean | sample | moments (KL VAEs)
     flip: str = "none"  # none | both
-    limit: int | None = None
+    limit: int | None = None  # drawn across the whole source, seeded by `seed` (sources.spread)
+    image_column: str | None = None  # hf: sources; None: the first image column
+    label_column: str | None = None  # hf: sources; None: the first ClassLabel, "none": unconditional
     batch_size: int = 32
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     shard_size: int = 1024

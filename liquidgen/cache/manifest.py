@@ -55,6 +55,7 @@ class Source:
     fingerprint: str | None  # the source's layout: a resume against a changed source is refused
     label_names: list[str] | None
     expected: int | None = None  # items the source holds, where known before reading
+    limit_seed: int | None = None  # where --limit's evenly spaced draw started (pipeline/sources.py `spread`)
     index: int = 0
     count: int = 0  # encoded
     skipped: int = 0

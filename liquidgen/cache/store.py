@@ -6,6 +6,8 @@ Layout:
     shards/s00-000000.zarr one shard per piece of a source (see builder.py; .tar for WebDataset)
     .parts/<shard>.json    the builder's record of a published shard, merged into the manifest
                            when the encode finishes; a shard without a record is redone
+    .scratch/              what a source reads once for several ranks (a big row group's pieces);
+                           kept across a killed run, removed when the cache is finished
     skipped.log            one line per skipped input: key and reason
     .verified.json         shards this machine hashed and checked, by size and mtime (see `Verified`)
 """
@@ -31,6 +33,12 @@ class CacheDir:
         self.root = Path(root)
         self.shards_dir = self.root / "shards"
         self.parts_dir = self.root / ".parts"
+        self.scratch_dir = self.root / ".scratch"
+
+    def clear_scratch(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
     @property
     def manifest_path(self) -> Path:

@@ -107,7 +107,11 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
     rank, world = state.process_index, state.num_processes
     started = time.time()
 
-    source = open_source(cfg.source, limit=cfg.limit, data_dir=cfg.data_dir)
+    source = open_source(cfg.source, limit=cfg.limit, data_dir=cfg.data_dir, seed=cfg.seed,
+                         image_column=cfg.image_column, label_column=cfg.label_column)
+    if state.is_main_process:
+        for note in source.notes:
+            print(note, flush=True)
     if world > 1:  # what rank 0 read to index the source (a tar's headers) is not read again
         from accelerate.utils import broadcast_object_list
 
@@ -142,12 +146,17 @@ def encode(cfg: EncodeConfig) -> EncodeResult:
         state.wait_for_everyone()  # every rank has planned before any publishes a shard
         if state.is_main_process and todo:
             builder.mark_incomplete()
+        # Bytes that several pieces share (one big parquet row group) are read once, by one
+        # rank, into the cache's scratch folder, before any worker needs them.
+        source.prepare(todo, builder.cache.scratch_dir, rank, world)
+        state.wait_for_everyone()
         # Rank r takes the pieces numbered r mod N: fixed by the source, so every rank agrees.
         mine = [p for p in todo if p.number % world == rank]
         encoded, skipped = _encode_pieces(cfg, source, mine, vae, pre, builder, src, device, state)
         state.wait_for_everyone()
         if state.is_main_process and not noop:
             builder.finalize(src, pieces)
+            builder.cache.clear_scratch()
     finally:
         builder.release()
     manifest = builder.cache.manifest()

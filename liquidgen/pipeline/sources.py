@@ -7,6 +7,12 @@ a tar found through its member offsets). Pieces are the unit of parallel work an
 cache shard, so ranks and DataLoader workers divide a source by taking whole pieces and every
 input byte is read once in total. An item is named by its piece's input shard and its position
 there: resume, exactly-once and the source fingerprint rest on that.
+
+`--limit N` draws from the whole source, not its first files: a source lists its *units* (runs
+that a read can start at without touching anything before them: a parquet row group, a block of
+a folder listing or of an indexed tar), and N is shared out over units spaced evenly through the
+source (`spread`), each giving a prefix. A class-blocked dataset so gives every class, and a
+limited encode reads about what it uses.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import random
 import tarfile
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -30,14 +37,17 @@ from liquidgen.pipeline.images import IMAGE_EXTENSIONS
 class DatasetPreset:
     hf_id: str
     split: str = "train"
-    label_column: str | None = None
+    image_column: str = "image"
+    label_column: str = "none"  # a ClassLabel column, or "none": unconditional
     limit: int | None = None
     note: str = ""
     folder: Path | None = None  # shipped with the package: read from here, never from the network
 
 
-# The datasets the reference designs name. `paintings` is the first images of the WikiArt stream
-# (the seeds' exact subsets were never published); `paintings_mini` ships with liquidgen.
+# The datasets the reference designs name, with the columns their Hub files hold (all but
+# anime-faces are parquet pushed in 2022, whose features live in dataset_infos.json or the README
+# YAML, see hub.py). `paintings` is 8,000 WikiArt paintings drawn across the dataset (the seeds'
+# exact subsets were never published); `paintings_mini` ships with liquidgen.
 PRESETS: dict[str, DatasetPreset] = {
     "paintings": DatasetPreset("huggan/wikiart", label_column="style", limit=8000, note="8K WikiArt paintings, 27 styles"),
     "paintings_mini": DatasetPreset("embedded", note="200 public-domain paintings, 128 px, 2 styles: shipped, offline",
@@ -45,11 +55,14 @@ PRESETS: dict[str, DatasetPreset] = {
     "wikiart_stream": DatasetPreset("huggan/wikiart", label_column="style", note="all 81K WikiArt paintings, streamed"),
     "flowers": DatasetPreset("huggan/flowers-102-categories", note="8K flower photographs"),
     "cartoon": DatasetPreset("Norod78/cartoon-blip-captions", note="~3K cartoon characters"),
-    "afhq": DatasetPreset("huggan/AFHQv2", note="16K animal faces"),
+    "afhq": DatasetPreset("huggan/AFHQv2", label_column="label", note="16K animal faces: cat, dog, wild"),
     "celeba": DatasetPreset("nielsr/CelebA-faces", note="202K celebrity faces"),
-    "anime": DatasetPreset("huggan/anime-faces", note="63K anime faces, 64 px"),
+    "anime": DatasetPreset("huggan/anime-faces", note="63K anime faces, 64 px (loose PNG files)"),
     "pokemon": DatasetPreset("reach-vb/pokemon-blip-captions", note="833 Pokemon illustrations"),
 }
+
+RUN = 16  # the shortest run --limit takes from one place, so a small limit still spreads
+BLOCK = 64  # a folder listing's or a tar's unit for --limit: any item is a cheap place to start
 
 
 @dataclass(frozen=True)
@@ -82,29 +95,44 @@ class ImageSource:
     revision: str | None = None
     label_names: list[str] | None = None
     limit: int | None = None
+    limit_seed: int = 0  # where --limit's evenly spaced draw starts (recorded in the manifest)
     extra: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the user should know of how it is read
 
     def _pieces(self, size: int) -> list[Piece]:
         raise NotImplementedError
+
+    def _units(self) -> list[Piece]:
+        """Runs of items a read can start at without reading anything before them; --limit
+        takes prefixes of these. Numbers are unused (-1)."""
+        raise NotImplementedError
+
+    def _cut(self, run: Piece, size: int) -> list[Piece]:
+        """A run (a prefix of a unit) as pieces of at most `size` items (numbers unset)."""
+        return [replace(run, start=run.start + k, length=min(size, run.length - k)) for k in range(0, run.length, size)]
 
     def _read(self, piece: Piece) -> Iterator[RawItem]:
         raise NotImplementedError
 
     def pieces(self, size: int) -> list[Piece]:
-        """The source cut into pieces of at most `size` items where lengths are known, the last
-        ones shortened to `limit`. Deterministic: the same source and size give the same list."""
+        """The source cut into pieces of at most `size` items where lengths are known; with
+        `limit`, `limit` items drawn across the whole source (`spread`). Deterministic: the same
+        source, size, limit and seed give the same list."""
         pieces = self._pieces(size)
         if self.limit is None:
             return pieces
-        out, left = [], self.limit
-        for piece in pieces:
-            if left <= 0:
-                break
-            if piece.length is None:
-                raise LiquidgenError(f"--limit needs a source whose length is known before reading; {self.id} is not")
-            out.append(replace(piece, length=min(piece.length, left)))
-            left -= out[-1].length
-        return out
+        if None in (p.length for p in pieces):
+            raise LiquidgenError(f"--limit needs a source whose length is known before reading; {self.id} is not "
+                                 "(it is read as a stream): encode it whole")
+        if self.limit >= sum(p.length for p in pieces):
+            return pieces
+        runs = spread(self._units(), self.limit, self.limit_seed)
+        return [replace(p, number=n) for n, p in enumerate(p for run in runs for p in self._cut(run, size))]
+
+    def prepare(self, todo: list[Piece], scratch: Path, rank: int, world: int) -> None:
+        """Called on every rank before the pieces are read: a source whose pieces share bytes
+        (one big parquet row group) reads those bytes once here into `scratch`, which is on the
+        cache's storage and so seen by every rank. Nothing to do for most sources."""
 
     def read(self, piece: Piece) -> Iterator[RawItem]:
         """The items of one piece, in order."""
@@ -133,7 +161,40 @@ class ImageSource:
         lengths = [p.length for p in self.pieces(size)]
         return Source(id=self.id, kind=self.kind, split=self.split, revision=self.revision, limit=self.limit,
                       fingerprint=self.fingerprint(self._pieces(size)), label_names=self.label_names,
-                      expected=None if None in lengths else sum(lengths))
+                      expected=None if None in lengths else sum(lengths),
+                      limit_seed=None if self.limit is None else self.limit_seed)
+
+
+def spread(units: list[Piece], limit: int, seed: int) -> list[Piece]:
+    """`limit` items as prefixes of units spaced evenly through the source.
+
+    k = limit / RUN units (all of them when the limit allows) are taken at a fixed stride from a
+    seeded offset, and the limit is shared equally among them; a unit too short for its share
+    passes the rest to the others, and where the chosen units together are too short the next
+    ones (in a seeded order) join. Every share starts at its unit's start, so nothing before it
+    is read. Returns the runs in source order."""
+    n = len(units)
+    k = min(n, max(1, -(-limit // RUN)))
+    step = n / k
+    rng = random.Random(seed)
+    offset = rng.random() * step
+    chosen = [int(offset + i * step) for i in range(k)]
+    rest = [i for i in rng.sample(range(n), n) if i not in set(chosen)]
+    take, left, pool = [0] * n, limit, chosen
+    while left > 0:
+        if not pool:
+            if not rest:
+                break
+            pool = [rest.pop(0)]
+        share, keep = max(1, left // len(pool)), []
+        for i in pool:
+            t = min(share, units[i].length - take[i], left)
+            take[i] += t
+            left -= t
+            if take[i] < units[i].length:
+                keep.append(i)
+        pool = keep
+    return [replace(u, length=t) for u, t in zip(units, take) if t]
 
 
 class FolderSource(ImageSource):
@@ -164,183 +225,13 @@ class FolderSource(ImageSource):
         n = len(self.files)
         return [Piece(k, "listing", k * size, min(size, n - k * size)) for k in range(-(-n // size))]
 
+    def _units(self) -> list[Piece]:
+        return [replace(p, number=-1) for p in self._pieces(BLOCK)]
+
     def _read(self, piece: Piece) -> Iterator[RawItem]:
         for i in range(piece.start, piece.start + piece.length):
             rel = self.files[i]
             yield RawItem(i, rel, self._label_of.get(rel.split("/", 1)[0], -1), str(self.root / rel))
-
-
-def _unreachable(name: str, split: str, exc: Exception) -> LiquidgenError:
-    first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
-    return LiquidgenError(
-        f"could not open the Hugging Face dataset {name} (split {split}): {first}. "
-        "Offline, set LIQUIDGEN_DATA_DIR to a folder holding a local copy"
-    )
-
-
-class HFSource(ImageSource):
-    """A Hugging Face dataset, streamed (never downloaded whole); a Hub id or a local dataset path.
-
-    Parquet datasets (everything on the Hub): `datasets` resolves the split's data files and the
-    features; each file's footer is read once, exactly (a few KB), and a piece is a run of whole
-    row groups of one file, read with pyarrow (datasets' own reader) given that footer, so no
-    byte is read twice. (`IterableDataset.reshard()` would cut at the same row groups, but it and
-    every worker's iteration re-read each file's last 64 KB: 3-4x the source bytes, measured, on
-    files of a few hundred KB.) Other formats are cut at datasets' own shards (`n_shards`), one
-    piece each, their lengths known only once read.
-    """
-
-    def __init__(self, name: str, split: str = "train", label_column: str | None = None,
-                 limit: int | None = None, revision: str | None = None):
-        self.name = name
-        files = self._parquet_files(name, split, revision)
-        self._footers = {f: self._footer(f) for f in files} if files else None
-        self._ds = None
-        if self._footers:
-            import datasets
-
-            features = datasets.Features.from_arrow_schema(next(iter(self._footers.values())).schema.to_arrow_schema())
-        else:
-            features = self._open(name, split, revision).features or {}
-        image_cols = [k for k, v in features.items() if v.__class__.__name__ == "Image"]
-        if not image_cols:
-            raise LiquidgenError(f"dataset {name} has no image column (columns: {', '.join(features)})")
-        if label_column is None:
-            label_column = next((k for k, v in features.items() if v.__class__.__name__ == "ClassLabel"), None)
-        elif label_column not in features:
-            raise LiquidgenError(f"dataset {name} has no column '{label_column}' (columns: {', '.join(features)})")
-        names = None
-        if label_column is not None:
-            names = list(getattr(features[label_column], "names", None) or []) or None
-        source_id = str(Path(name).resolve()) if Path(name).exists() else name
-        super().__init__(id=source_id, kind="hf", split=split, revision=revision, label_names=names, limit=limit)
-        self.image_column, self.label_column = image_cols[0], label_column
-        if self._footers:
-            self.extra["sizes"] = {f: os.path.getsize(f) for f in files if os.path.exists(f)}
-
-    @staticmethod
-    def _parquet_files(name: str, split: str, revision: str | None) -> list[str] | None:
-        """The split's parquet files as `datasets` resolves them (local paths or hf:// URLs), or
-        None when the dataset is not parquet."""
-        import datasets
-        from datasets.packaged_modules.parquet.parquet import Parquet
-
-        try:
-            builder = datasets.load_dataset_builder(name, revision=revision)
-        except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
-            raise _unreachable(name, split, exc) from None
-        if not isinstance(builder, Parquet):
-            return None
-        files = (builder.config.data_files or {}).get(split)
-        if not files:
-            raise LiquidgenError(f"dataset {name} has no split '{split}' (splits: {', '.join(builder.config.data_files or {})})")
-        return list(files)
-
-    @staticmethod
-    def _footer(file: str):
-        """A parquet file's metadata from exactly its footer bytes."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from datasets.utils.file_utils import xopen
-
-        try:
-            with xopen(file, "rb") as fh:
-                fh.seek(-8, os.SEEK_END)
-                tail = fh.read(8)
-                size = int.from_bytes(tail[:4], "little")
-                if tail[4:] != b"PAR1" or size <= 0:
-                    raise ValueError("no parquet footer")
-                fh.seek(-(8 + size), os.SEEK_END)
-                footer = fh.read(size)
-            return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise LiquidgenError(f"cannot read the parquet file {file}: {exc}") from None
-
-    @staticmethod
-    def _open(name: str, split: str, revision: str | None):
-        import datasets
-
-        try:
-            return datasets.load_dataset(name, split=split, streaming=True, revision=revision)
-        except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
-            raise _unreachable(name, split, exc) from None
-
-    def _stream(self):
-        """A non-parquet dataset as datasets shards, images undecoded; opened once per process
-        (DataLoader workers forked later inherit it)."""
-        import datasets
-
-        if self._ds is None:
-            ds = self._open(self.name, self.split, self.revision)
-            self._ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
-        return self._ds
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_ds": None}  # a spawned worker opens its own
-
-    def _pieces(self, size: int) -> list[Piece]:
-        if self._footers is None:
-            n = self._stream().n_shards
-            return [Piece(k, f"shard{k:05d}", 0, None, ("shard", k, n)) for k in range(n)]
-        files = list(self._footers)
-        prefix = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
-        pieces: list[Piece] = []
-        for file in files:
-            unit = file[len(prefix):].lstrip("/") if prefix else file
-            meta, group, start = self._footers[file], 0, 0
-            while group < meta.num_row_groups:
-                first, rows = group, 0
-                while group < meta.num_row_groups and (rows == 0 or rows + meta.row_group(group).num_rows <= size):
-                    rows += meta.row_group(group).num_rows
-                    group += 1
-                if rows:
-                    pieces.append(Piece(len(pieces), unit, start, rows, ("parquet", file, first, group)))
-                start += rows
-        return pieces
-
-    def _read(self, piece: Piece) -> Iterator[RawItem]:
-        if piece.where[0] == "shard":
-            yield from self._read_shard(piece)
-            return
-        import pyarrow.parquet as pq
-        from datasets.utils.file_utils import xopen
-
-        _, file, first, end = piece.where
-        columns = [self.image_column] + ([self.label_column] if self.label_column else [])
-        position = piece.start
-        with xopen(file, "rb") as fh:
-            reader = pq.ParquetFile(fh, metadata=self._footers[file])
-            for batch in reader.iter_batches(batch_size=64, row_groups=list(range(first, end)), columns=columns):
-                rows = batch.to_pydict()
-                labels = rows.get(self.label_column) if self.label_column else None
-                for i, image in enumerate(rows[self.image_column]):
-                    yield self._row(piece, position, image, labels[i] if labels is not None else -1)
-                    position += 1
-
-    def _read_shard(self, piece: Piece) -> Iterator[RawItem]:
-        _, shard, n = piece.where
-        ds = self._stream()
-        if ds.n_shards != n:
-            raise LiquidgenError(f"{self.id} changed while it was being encoded ({ds.n_shards} shards, was {n})")
-        position = 0
-        # `iter` rather than `__iter__`: inside a DataLoader worker datasets' `__iter__` would
-        # hand this worker only its share of the (single) shard.
-        for batch in ds.shard(num_shards=n, index=shard, contiguous=True).iter(batch_size=64):
-            labels = batch.get(self.label_column) if self.label_column else None
-            for i, image in enumerate(batch[self.image_column]):
-                yield self._row(piece, position, image, labels[i] if labels is not None else -1)
-                position += 1
-
-    @staticmethod
-    def _row(piece: Piece, position: int, image, label) -> RawItem:
-        data = (image or {}).get("bytes") or (image or {}).get("path") if isinstance(image, dict) else None
-        label = label if isinstance(label, int) else -1
-        return RawItem(position, f"{piece.unit}/{position}", label, data, None if data else "no image in this row")
-
-    def fingerprint(self, pieces: list[Piece]) -> str:
-        sizes = self.extra.get("sizes", {})
-        layout = [(p.unit, p.start, p.length) for p in pieces]
-        return hashlib.sha256(f"{self.revision}:{layout}:{sorted(sizes.values())}".encode()).hexdigest()[:16]
 
 
 class TarSource(ImageSource):
@@ -406,6 +297,9 @@ class TarSource(ImageSource):
                 pieces.append(Piece(len(pieces), name, start, min(size, n - start), (url,)))
         return pieces
 
+    def _units(self) -> list[Piece]:
+        return [replace(p, number=-1) for p in self._pieces(BLOCK)]
+
     def _read(self, piece: Piece) -> Iterator[RawItem]:
         url = piece.where[0]
         if url not in self._indexed():
@@ -454,25 +348,57 @@ class TarSource(ImageSource):
         return RawItem(position, key, label, data, None if image_ext else "no image member in this sample")
 
 
-def open_source(spec: str, limit: int | None = None, data_dir: str | None = None) -> ImageSource:
-    """Resolve what the user typed: a preset, `hf:ORG/NAME[:split]`, a folder, or tar files."""
+def open_source(spec: str, limit: int | None = None, data_dir: str | None = None, seed: int = 0,
+                image_column: str | None = None, label_column: str | None = None) -> ImageSource:
+    """Resolve what the user typed: a preset, `hf:ORG/NAME[@REVISION][:split]` (or `hf:PATH` of a
+    local copy), a folder, or tar files. A preset reads `data_dir/<preset>` when it is there: a
+    snapshot of the Hub repo (its parquet files, README, dataset_infos.json) is read exactly as
+    the Hub copy would be, with the preset's columns; a plain folder of class subfolders as a
+    folder. `seed` places --limit's draw."""
+    from liquidgen.pipeline.hub import HFSource
+
     data_dir = data_dir or os.environ.get("LIQUIDGEN_DATA_DIR")
+    hf_spec = spec.startswith("hf:") or (spec in PRESETS and PRESETS[spec].folder is None)
+    if (image_column is not None or label_column is not None) and not hf_spec:
+        raise LiquidgenError("--image-column and --label-column choose columns of a Hugging Face dataset (hf:... or "
+                             f"a Hub preset); {spec} has none (a folder's labels are its subfolders)")
     if spec in PRESETS:
         preset = PRESETS[spec]
         limit = limit if limit is not None else preset.limit
-        if data_dir and (Path(data_dir) / spec).is_dir():
-            return FolderSource(Path(data_dir) / spec, limit=limit)
-        if preset.folder is not None:
-            return FolderSource(preset.folder, limit=limit, name=spec)
-        return HFSource(preset.hf_id, preset.split, preset.label_column, limit=limit)
+        columns = dict(image_column=image_column or preset.image_column, label_column=label_column or preset.label_column)
+        local = Path(data_dir) / spec if data_dir else None
+        if local is not None and local.is_dir():
+            if is_hub_snapshot(local):
+                return HFSource(str(local), preset.split, **columns, limit=limit, seed=seed, name=preset.hf_id)
+            source = FolderSource(local, limit=limit)
+        elif preset.folder is not None:
+            source = FolderSource(preset.folder, limit=limit, name=spec)
+        else:
+            return HFSource(preset.hf_id, preset.split, **columns, limit=limit, seed=seed, offline_hint=spec)
+        source.limit_seed = seed
+        return source
     if spec.startswith("hf:"):
-        name, _, split = spec[3:].partition(":")
-        return HFSource(name, split or "train", limit=limit)
+        name, split, revision = spec[3:], "", ""
+        if not Path(name).expanduser().exists():  # a local path is taken whole; an id may say more
+            name, _, split = name.partition(":")
+            name, _, revision = name.partition("@")
+        return HFSource(name, split or "train", image_column, label_column, limit=limit, seed=seed, revision=revision or None)
     if ".tar" in spec:
-        return TarSource(spec, limit=limit)
-    if Path(spec).expanduser().is_dir():
-        return FolderSource(spec, limit=limit)
-    raise LiquidgenError(
-        f"unknown source '{spec}': use a preset ({', '.join(PRESETS)}), hf:ORG/NAME[:split], "
-        "a folder of images, or .tar files"
-    )
+        source = TarSource(spec, limit=limit)
+    elif Path(spec).expanduser().is_dir():
+        source = FolderSource(spec, limit=limit)
+    else:
+        raise LiquidgenError(
+            f"unknown source '{spec}': use a preset ({', '.join(PRESETS)}), hf:ORG/NAME[:split], "
+            "a folder of images, or .tar files"
+        )
+    source.limit_seed = seed
+    return source
+
+
+def is_hub_snapshot(folder: Path) -> bool:
+    """A local copy of a Hub dataset repo (as `huggingface-cli download --repo-type dataset`
+    writes it) rather than a plain folder of class subfolders: it has the repo's README or
+    dataset_infos.json, or parquet files."""
+    return any((folder / name).is_file() for name in ("README.md", "dataset_infos.json")) \
+        or next(folder.rglob("*.parquet"), None) is not None

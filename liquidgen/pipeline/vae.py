@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from liquidgen.embedded import TAEF2
+from liquidgen.network import hub_unreachable
 from liquidgen.errors import LiquidgenError
 
 
@@ -144,23 +145,6 @@ class FrozenVae(nn.Module):
         return next(self.parameters()).device
 
 
-def _hub_unreachable(repo: str) -> str | None:
-    """Why the Hub cannot be asked about `repo` (offline mode, no connection), or None when it
-    answered, whatever it said (a gated or missing repo is reported by the loader)."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        HfApi().model_info(repo, timeout=10)
-    except HfHubHTTPError:
-        return None
-    except Exception as exc:  # DNS, refused, timed out: any client's connection error
-        return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:120]
-    return None
-
-
 def _diffusers_model(path_or_id: str, subfolder: str | None, name: str | None = None):
     import diffusers
 
@@ -173,7 +157,7 @@ def _diffusers_model(path_or_id: str, subfolder: str | None, name: str | None = 
                 return diffusers.AutoModel.from_pretrained(path_or_id, subfolder=subfolder, local_files_only=True)
         except (OSError, ValueError, EnvironmentError):
             pass
-        why = _hub_unreachable(path_or_id)
+        why = hub_unreachable(path_or_id)
         if why:
             raise LiquidgenError(
                 f"cannot reach the Hugging Face Hub for {name or path_or_id!r} ({path_or_id}; {why}) and it is not "
