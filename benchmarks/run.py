@@ -21,6 +21,7 @@ from common import PAINTINGS, ROOT, commit, machine  # noqa: E402
 SECTIONS = {  # name -> (module, title)
     "encode": ("encode_throughput", "Encode throughput and storage"),
     "sources": ("encode_sources", "Encode from every kind of source: bytes read once, throughput"),
+    "hub": ("hub_layouts", "The Hub's datasets as they are: --limit on big row groups, one row group for every worker"),
     "layout": ("shard_layout", "Shard layouts: decode rate beside a plain read of the same files"),
     "loader": ("loader_speed", "Training loaders on 204,800 latents: rate, memory, start-up, bytes per rank"),
     "train": ("train_throughput", "Training throughput: loader overhead and what caching saves"),

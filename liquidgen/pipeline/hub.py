@@ -31,13 +31,10 @@ from typing import Iterator
 from liquidgen.errors import LiquidgenError
 from liquidgen.network import hub_unreachable
 from liquidgen.pipeline.images import IMAGE_EXTENSIONS
-from liquidgen.pipeline.sources import BLOCK, ImageSource, Piece, RawItem
+from liquidgen.pipeline.sources import RUN, ImageSource, Piece, RawItem
 
-# pyarrow reads a column chunk through a buffer of this size instead of whole, so a prefix of a
-# big row group costs about its own bytes (a --limit draw, a spool that stops early).
-READ_BUFFER = 1 << 20
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".7z")
-_HUB_FILE = re.compile(r"^hf://datasets/(?:[^/]+/)?[^/@]+(?:@([^/]+))?/(.*)$")
+_HUB_FILE = re.compile(r"^hf://datasets/(?:[^/@]+/)?[^/@]+(?:@([^/]+))?/(.*)$")
 
 
 def _first_line(exc: Exception) -> str:
@@ -55,6 +52,11 @@ def _builder(path: str, revision: str | None, offline_hint: str | None):
         if why:
             raise LiquidgenError(f"cannot reach the Hugging Face Hub for the dataset {path} ({why}); "
                                  + _offline_hint(path, offline_hint))
+    import logging
+
+    verbosity, card = datasets.logging.get_verbosity(), logging.getLogger("huggingface_hub.repocard")
+    datasets.logging.set_verbosity_error()  # "Repo card metadata block was not found" and the like
+    card.disabled = True
     try:
         return datasets.load_dataset_builder(path, revision=revision)
     except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
@@ -64,12 +66,15 @@ def _builder(path: str, revision: str | None, offline_hint: str | None):
                 f"{path} is read by a loading script ({text.rsplit(' ', 1)[-1]}), which datasets >= 4 no longer runs: "
                 f"encode the Hub's parquet conversion instead (hf:{path}@refs/convert/parquet), or download the "
                 "images and encode their folder") from None
-        raise LiquidgenError(f"could not open the Hugging Face dataset {path}: {text}. "
-                             + ("" if local else _offline_hint(path, offline_hint))) from None
+        raise LiquidgenError(f"could not open the Hugging Face dataset {path}: {text}"
+                             + ("" if local else "; " + _offline_hint(path, offline_hint))) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        card.disabled = False
 
 
 def _offline_hint(path: str, preset: str | None) -> str:
-    fetch = f"huggingface-cli download --repo-type dataset {path} --local-dir DIR"
+    fetch = f"hf download {path} --repo-type dataset --local-dir DIR"
     if preset:
         return f"offline, put a copy in $LIQUIDGEN_DATA_DIR/{preset} ({fetch.replace('DIR', '$LIQUIDGEN_DATA_DIR/' + preset)})"
     return f"offline, download it ({fetch}) and encode hf:DIR"
@@ -135,11 +140,7 @@ class HFSource(ImageSource):
     # -- what the dataset holds ---------------------------------------------------------------------
 
     def _unit(self, file: str) -> str:
-        """A file's path within the dataset repo: the same for a Hub id and for its snapshot."""
-        match = _HUB_FILE.match(file)
-        if match:
-            return match.group(2)
-        return os.path.relpath(file, self._root) if self._root else file
+        return repo_path(file, self._root)
 
     def _folder_features(self, declared):
         """An image folder's features as datasets gives them: the image, and a label from the
@@ -203,7 +204,7 @@ class HFSource(ImageSource):
 
     def _units(self) -> list[Piece]:
         if self.layout == "files":
-            return [replace(p, number=-1) for p in self._pieces(BLOCK)]
+            return [replace(p, number=-1) for p in self._pieces(RUN)]
         if self.layout == "stream":
             return self._pieces(0)
         units = []
@@ -214,6 +215,25 @@ class HFSource(ImageSource):
                 units.append(Piece(-1, self._unit(file), start, rows, ("parquet", file, group, group + 1, 0, False)))
                 start += rows
         return units
+
+    def _shortest_run(self) -> int:
+        """pyarrow checks its dictionary-page limit only every 1,024 rows it writes, so a row group
+        of large images often keeps most of its rows in the image column's dictionary page, which
+        is read whole before the first row: then a prefix costs about the whole group, and
+        --limit draws whole groups. With plain pages a prefix costs its own bytes: RUN. The
+        median over the row groups, from the footers."""
+        if self.layout != "parquet":
+            return RUN
+        runs = []
+        for meta in self._footers.values():
+            for group in range(meta.num_row_groups):
+                rg = meta.row_group(group)
+                chunks = [rg.column(c) for c in range(rg.num_columns)
+                          if rg.column(c).path_in_schema.split(".")[0] == self.image_column]
+                size = sum(c.total_compressed_size for c in chunks) or 1
+                dictionary = sum(c.data_page_offset - c.dictionary_page_offset for c in chunks if c.has_dictionary_page)
+                runs.append(rg.num_rows if 2 * dictionary >= size else RUN)
+        return max(RUN, sorted(runs)[len(runs) // 2]) if runs else RUN
 
     def _cut(self, run: Piece, size: int) -> list[Piece]:
         """A run of one row group stays whole up to 2 x size rows; a longer one is cut into
@@ -273,8 +293,9 @@ class HFSource(ImageSource):
         import pyarrow.parquet as pq
         from datasets.utils.file_utils import xopen
 
+        meta = self._footers[file]
         with xopen(file, "rb") as fh:
-            reader = pq.ParquetFile(fh, metadata=self._footers[file], buffer_size=READ_BUFFER, pre_buffer=False)
+            reader = pq.ParquetFile(fh, metadata=meta, buffer_size=_read_buffer(meta, groups), pre_buffer=False)
             yield from reader.iter_batches(batch_size=16, row_groups=groups, columns=self._columns())
 
     def _read_parquet(self, piece: Piece) -> Iterator[RawItem]:
@@ -410,6 +431,25 @@ class HFSource(ImageSource):
                 label = labels[i] if labels is not None and isinstance(labels[i], int) else -1
                 yield RawItem(position, f"{piece.unit}/{position}", label, data, None if data else "no image in this row")
                 position += 1
+
+
+def repo_path(file: str, root: str | None) -> str:
+    """A data file's path within the dataset repo, the same for a Hub URL
+    (hf://datasets/ORG/NAME@REV/data/x.parquet) and for a local snapshot under `root`: the
+    input-shard part of every key."""
+    match = _HUB_FILE.match(file)
+    if match:
+        return match.group(2)
+    return Path(os.path.relpath(file, root)).as_posix() if root else file
+
+
+def _read_buffer(meta, groups: list[int]) -> int:
+    """pyarrow reads a column chunk through a buffer instead of whole, so a prefix of a big row
+    group costs about its own bytes (a --limit draw, a spool that stops early): two rows' worth,
+    between 8 KB and 1 MB (a page larger than that is read whole all the same)."""
+    rows = sum(meta.row_group(g).num_rows for g in groups) or 1
+    size = sum(meta.row_group(g).total_byte_size for g in groups)
+    return int(min(1 << 20, max(1 << 13, 2 * size / rows)))
 
 
 def _is_image(file: str) -> bool:

@@ -9,7 +9,7 @@ input byte is read once in total. An item is named by its piece's input shard an
 there: resume, exactly-once and the source fingerprint rest on that.
 
 `--limit N` draws from the whole source, not its first files: a source lists its *units* (runs
-that a read can start at without touching anything before them: a parquet row group, a block of
+that a read can start at without touching anything before them: a parquet row group, 16 items of
 a folder listing or of an indexed tar), and N is shared out over units spaced evenly through the
 source (`spread`), each giving a prefix. A class-blocked dataset so gives every class, and a
 limited encode reads about what it uses.
@@ -61,8 +61,7 @@ PRESETS: dict[str, DatasetPreset] = {
     "pokemon": DatasetPreset("reach-vb/pokemon-blip-captions", note="833 Pokemon illustrations"),
 }
 
-RUN = 16  # the shortest run --limit takes from one place, so a small limit still spreads
-BLOCK = 64  # a folder listing's or a tar's unit for --limit: any item is a cheap place to start
+RUN = 16  # the shortest run --limit takes from one place, and a folder's or a tar's unit for it
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,10 @@ class ImageSource:
         takes prefixes of these. Numbers are unused (-1)."""
         raise NotImplementedError
 
+    def _shortest_run(self) -> int:
+        """The fewest items worth drawing from one unit: reading fewer costs as much."""
+        return RUN
+
     def _cut(self, run: Piece, size: int) -> list[Piece]:
         """A run (a prefix of a unit) as pieces of at most `size` items (numbers unset)."""
         return [replace(run, start=run.start + k, length=min(size, run.length - k)) for k in range(0, run.length, size)]
@@ -126,7 +129,7 @@ class ImageSource:
                                  "(it is read as a stream): encode it whole")
         if self.limit >= sum(p.length for p in pieces):
             return pieces
-        runs = spread(self._units(), self.limit, self.limit_seed)
+        runs = spread(self._units(), self.limit, self.limit_seed, self._shortest_run())
         return [replace(p, number=n) for n, p in enumerate(p for run in runs for p in self._cut(run, size))]
 
     def prepare(self, todo: list[Piece], scratch: Path, rank: int, world: int) -> None:
@@ -165,16 +168,17 @@ class ImageSource:
                       limit_seed=None if self.limit is None else self.limit_seed)
 
 
-def spread(units: list[Piece], limit: int, seed: int) -> list[Piece]:
+def spread(units: list[Piece], limit: int, seed: int, run: int = RUN) -> list[Piece]:
     """`limit` items as prefixes of units spaced evenly through the source.
 
-    k = limit / RUN units (all of them when the limit allows) are taken at a fixed stride from a
+    k = limit / `run` units (all of them when the limit allows) are taken at a fixed stride from a
     seeded offset, and the limit is shared equally among them; a unit too short for its share
     passes the rest to the others, and where the chosen units together are too short the next
     ones (in a seeded order) join. Every share starts at its unit's start, so nothing before it
-    is read. Returns the runs in source order."""
+    is read. `run` is the shortest share worth reading from one place. Returns the runs in
+    source order."""
     n = len(units)
-    k = min(n, max(1, -(-limit // RUN)))
+    k = min(n, max(1, -(-limit // run)))
     step = n / k
     rng = random.Random(seed)
     offset = rng.random() * step
@@ -226,7 +230,7 @@ class FolderSource(ImageSource):
         return [Piece(k, "listing", k * size, min(size, n - k * size)) for k in range(-(-n // size))]
 
     def _units(self) -> list[Piece]:
-        return [replace(p, number=-1) for p in self._pieces(BLOCK)]
+        return [replace(p, number=-1) for p in self._pieces(RUN)]
 
     def _read(self, piece: Piece) -> Iterator[RawItem]:
         for i in range(piece.start, piece.start + piece.length):
@@ -298,7 +302,7 @@ class TarSource(ImageSource):
         return pieces
 
     def _units(self) -> list[Piece]:
-        return [replace(p, number=-1) for p in self._pieces(BLOCK)]
+        return [replace(p, number=-1) for p in self._pieces(RUN)]
 
     def _read(self, piece: Piece) -> Iterator[RawItem]:
         url = piece.where[0]
@@ -397,7 +401,7 @@ def open_source(spec: str, limit: int | None = None, data_dir: str | None = None
 
 
 def is_hub_snapshot(folder: Path) -> bool:
-    """A local copy of a Hub dataset repo (as `huggingface-cli download --repo-type dataset`
+    """A local copy of a Hub dataset repo (as `hf download --repo-type dataset`
     writes it) rather than a plain folder of class subfolders: it has the repo's README or
     dataset_infos.json, or parquet files."""
     return any((folder / name).is_file() for name in ("README.md", "dataset_infos.json")) \
