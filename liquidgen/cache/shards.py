@@ -187,7 +187,9 @@ def write_shard(final: Path, data: ShardData, backend: str) -> tuple[str, int]:
         _remove(final)  # a shard left by a killed run without its record is redone
         os.replace(tmp, final)
     except OSError as exc:
-        _remove(tmp)
+        # zarr's own writer may still be removing its `.partial` files (a full disk): a file that
+        # vanishes under us is what cleaning up wants, not a second error
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         raise LiquidgenError(f"cannot write shard {final}: {exc.strerror or exc}") from None
     return digest
 
