@@ -20,13 +20,31 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help text is plain: `pip install 'liquidgen[onnx]'` keeps its brackets
 )
-cache_app = typer.Typer(help="Inspect and check latent caches.", no_args_is_help=True)
+cache_app = typer.Typer(help="Latent caches: inspect, verify, benchmark the loader, upgrade, push and pull.",
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
 # each option's default is its config field's (liquidgen/config.py), written there once
 ENCODE, TRAIN, SAMPLE, DECODE, EVAL = map(defaults, (EncodeConfig, TrainConfig, SampleConfig, DecodeConfig, EvalConfig))
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from liquidgen import __version__
+
+        console.print(f"liquidgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print liquidgen's version and exit.")) -> None:
+    """Train small attention-free liquid (CfC) image generators on cached VAE latents.
+
+    Stage 1 `encode` turns images into a latent cache once; later stages read only the cache."""
 
 
 @app.command()
@@ -72,9 +90,12 @@ def encode(
         console.print(f"{out}: already complete ({result.total} latents); nothing to do")
     else:
         rate = (result.encoded + result.skipped) / max(result.seconds, 1e-9)
+        sources = len(result.manifest.sources)
+        holds = f"{result.total} latents" + (f" from {sources} sources" if sources > 1 else "")
         console.print(
-            f"{out}: encoded {result.encoded}, skipped {result.skipped} in {result.seconds:.1f}s "
-            f"({rate:.1f} img/s); the cache holds {result.total} latents"
+            f"{out}: {'appended' if sources > 1 else 'encoded'} {result.encoded}"
+            + (f" from {source}" if sources > 1 else "")
+            + f", skipped {result.skipped} in {result.seconds:.1f}s ({rate:.1f} img/s); the cache holds {holds}"
         )
 
 
@@ -168,7 +189,7 @@ def train(
     result = run(cfg)
     if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would
         err.print(f"{result.stopped_by}: stopped at step {result.step}, checkpoint saved in {out}/checkpoints; "
-                  "rerun the same command with --resume to continue")
+                  "rerun the same command with --resume to continue (`make resume` after `make train`)")
         import signal
 
         raise typer.Exit(128 + signal.Signals[result.stopped_by].value)
@@ -347,27 +368,39 @@ def cache_bench(
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Batch size to load at."),
     device: str = typer.Option("cpu", help="Where batches go: cpu, cuda, ... (the resident cache is held there)."),
     rounds: int = typer.Option(1, help="Rounds of (sequential read, resident, streaming) taken in turn; medians reported."),
+    steps_per_s: float = typer.Option(10.0, "--steps-per-s", help="The training rate to judge against: steps/s at --batch-size."),
 ) -> None:
-    """Will this cache keep a GPU fed? Loader latents/s and MB/s beside this machine's sequential
-    read of the same files, seconds to the first batch and peak memory, resident and streaming."""
+    """Will this cache keep a GPU fed? Loader latents/s beside what training at --batch-size and
+    --steps-per-s consumes (goal: 3x), this machine's sequential read of the same files, seconds
+    to the first batch and peak memory, resident and streaming."""
     from liquidgen.cache.bench import bench_cache
+    from liquidgen.cache.store import require_complete
 
-    if batch_size < 1 or rounds < 1:
-        raise LiquidgenError("--batch-size and --rounds must be positive")
+    if batch_size < 1 or rounds < 1 or steps_per_s <= 0:
+        raise LiquidgenError("--batch-size, --rounds and --steps-per-s must be positive")
+    count = require_complete(str(cache)).count
+    if batch_size > count:
+        console.print(f"{cache} holds {count} latents, fewer than --batch-size {batch_size}: benching at batch {count}")
+        batch_size = count
     r = bench_cache(str(cache), batch_size, device, rounds)
-    seq = r["sequential"]
-    table = Table(title=f"{cache}: {r['latents']:,} latents, {_human(r['stored_bytes'])} stored, batch {batch_size}")
-    for col in ("", "latents/s", "MB/s", "÷ sequential read", "first batch", "peak RSS / stored", "normalized here, latents/s"):
-        table.add_column(col, justify="right" if col else "left")
-    table.add_row("sequential read of the files", f"{seq['latents_per_s']:,.0f}", f"{seq['bytes'] / seq['seconds'] / 1e6:,.0f}",
-                  "1", f"{seq['seconds']:.2f} s (all)", "", "")
+    seq, need = r["sequential"], batch_size * steps_per_s
+
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    console.print(f"{cache}: {r['latents']:,} latents, {_human(r['stored_bytes'])} stored, batch {batch_size}; "
+                  f"training at {steps_per_s:g} steps/s consumes {need:,.0f} latents/s")
+    console.print(f"  sequential read of the files: {seq['latents_per_s']:,.0f} latents/s, "
+                  f"{seq['bytes'] / seq['seconds'] / 1e6:,.0f} MB/s")
     for name in ("resident", "streaming"):
         x = r[name]
-        table.add_row(name, f"{x['latents_per_s']:,.0f}", f"{x['mb_per_s']:,.0f}", f"{x['latents_per_s'] / seq['latents_per_s']:.2f}",
-                      f"{x['first_batch_s']:.2f} s", f"{x['peak_rss_over_stored']:.2f}", f"{x['normalized_latents_per_s']:,.0f}")
-    console.print(table)
+        verdict = "keeps up" if x["latents_per_s"] >= 3 * need else ("barely keeps up" if x["latents_per_s"] >= need else "too slow")
+        console.print(f"  {name}: {x['latents_per_s']:,.0f} latents/s ({x['latents_per_s'] / need:.1f}x what training needs: "
+                      f"{verdict}), {x['mb_per_s']:,.0f} MB/s, first batch {num(x['first_batch_s'], '.2f')} s, "
+                      f"peak RSS {num(x['peak_rss_over_stored'], '.2f')}x stored, normalized here "
+                      f"{num(x['normalized_latents_per_s'], ',.0f')} latents/s")
     console.print("latents/s: batches gathered at their stored size, what the training device waits for; the device then "
-                  f"widens and normalizes them (the last column does that here, on {device}).")
+                  f"widens and normalizes them (\"normalized here\" does that on {device}). Goal: 3x what training needs.")
 
 
 @cache_app.command("upgrade")

@@ -187,7 +187,7 @@ def anime(root: Path, n: int = 16, offset: int = 0) -> Snapshot:
             zf.writestr(f"{i}.png", buf.getvalue())
             truth[f"images/{i}.png"] = (hashlib.sha256(buf.getvalue()).hexdigest(), None)
     (root / "data.zip").write_bytes(archive.getvalue())
-    (root / "README.md").write_text("# huggan/anime-faces\n\nLoose PNG files and an archive of them.\n")
+    (root / "README.md").write_text("---\nlicense: cc0-1.0\n---\n# huggan/anime-faces\n\nLoose PNG files and an archive of them.\n")
     return Snapshot(root, truth)
 
 

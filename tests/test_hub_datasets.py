@@ -271,3 +271,15 @@ def test_a_killed_spool_is_redone_and_a_finished_one_reused(tmp_path, reference)
     assert len(list(scratch.glob("*.parquet"))) == 5
     keys = [it.key for p in pieces for it in source.read(p)]
     assert sorted(keys) == sorted(snap.truth)
+
+
+def test_a_plain_folder_with_a_readme_is_not_taken_for_a_snapshot(tmp_path):
+    """paintings_mini carries a README.md of credits, without a dataset card's YAML: under a
+    preset's name in LIQUIDGEN_DATA_DIR it is still a folder of class subfolders."""
+    from liquidgen.embedded import PAINTINGS_MINI
+    from liquidgen.pipeline.sources import FolderSource
+
+    assert (PAINTINGS_MINI / "README.md").is_file()
+    (tmp_path / "paintings").symlink_to(PAINTINGS_MINI, target_is_directory=True)
+    source = open_source("paintings", data_dir=str(tmp_path))
+    assert isinstance(source, FolderSource) and source.label_names == ["Baroque", "Rococo"]

@@ -129,6 +129,23 @@ def push(cache_dir: str, url: str, progress: bool = True, source_name: str | Non
     return Transfer(sent, skipped, nbytes)
 
 
+def _unreachable_host(url: str) -> str | None:
+    """Why an http(s) URL's host cannot be reached (fsspec's HTTP backend reports a refused
+    connection as FileNotFoundError, like a missing file), or None."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as exc:
+        return f"{parts.hostname}:{port} {exc.strerror or exc.__class__.__name__}".strip()
+    return None
+
+
 def read_remote_manifest(url: str) -> Manifest:
     fs, root = _fs(url)
     path = _join(root, MANIFEST)
@@ -141,6 +158,9 @@ def read_remote_manifest(url: str) -> Manifest:
                     break
                 raw += chunk
     except Exception as exc:  # fsspec backends raise their own types (httpx, aiohttp, botocore, ...)
+        why = _unreachable_host(url)
+        if why:
+            raise LiquidgenError(f"cannot reach {url}: {why}; check the address and the network") from None
         raise LiquidgenError(f"{url} has no readable {MANIFEST} ({exc.__class__.__name__}: {str(exc)[:120]})") from None
     manifest = parse_manifest(raw, f"{url}/{MANIFEST}")
     if not manifest.complete:

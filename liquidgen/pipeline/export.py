@@ -111,11 +111,15 @@ def model_card(run: str, config: dict, checkpoint: str) -> str:
     """README.md of an exported pipeline: what it was trained on, and every score the run holds
     (eval.json, the in-training evaluation settings) beside what it was computed with."""
     lat = config["latents"]
+    # named by what the images were (a dataset id, a folder's name), never by this machine's paths
+    sources = config["cache"].get("sources") or [Path(str(config["cache"]["path"])).name]
+    vae = lat["vae"]["id"]
+    vae = Path(vae).name if Path(vae).is_absolute() else vae
     lines = ["---", "tags: [liquidgen, unconditional-image-generation]" if not lat["label_names"] else
              "tags: [liquidgen, class-conditional-image-generation]", "library_name: diffusers", "---",
              f"# {Path(run).name}: a liquidgen `{config['train']['model']}` model", "",
-             f"Trained by liquidgen on `{config['cache']['path']}` ({config['cache']['count']} latents, {'x'.join(map(str, lat['shape']))} latents of "
-             f"`{lat['vae']['id']}`), {checkpoint}. Classes: {', '.join(lat['label_names']) or 'none'}.", ""]
+             f"Trained by liquidgen on a cache of `{'`, `'.join(sources)}` ({config['cache']['count']} latents, "
+             f"{'x'.join(map(str, lat['shape']))} latents of `{vae}`), {checkpoint}. Classes: {', '.join(lat['label_names']) or 'none'}.", ""]
     scored = Path(run) / "eval.json"
     if scored.exists():
         result = json.loads(scored.read_text())

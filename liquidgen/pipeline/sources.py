@@ -160,12 +160,15 @@ class ImageSource:
 
     def describe(self, size: int) -> Source:
         """What the manifest records of this source; `expected` is None where the length is
-        only known once read."""
+        only known once read, `limit` None where it took nothing away (a preset's 8,000 of a
+        2,000-image folder)."""
+        whole = self._pieces(size)
         lengths = [p.length for p in self.pieces(size)]
-        return Source(id=self.id, kind=self.kind, split=self.split, revision=self.revision, limit=self.limit,
-                      fingerprint=self.fingerprint(self._pieces(size)), label_names=self.label_names,
+        applied = self.limit if self.limit is not None and self.limit < sum(p.length or 0 for p in whole) else None
+        return Source(id=self.id, kind=self.kind, split=self.split, revision=self.revision, limit=applied,
+                      fingerprint=self.fingerprint(whole), label_names=self.label_names,
                       expected=None if None in lengths else sum(lengths),
-                      limit_seed=None if self.limit is None else self.limit_seed)
+                      limit_seed=None if applied is None else self.limit_seed)
 
 
 def spread(units: list[Piece], limit: int, seed: int, run: int = RUN) -> list[Piece]:
@@ -401,8 +404,14 @@ def open_source(spec: str, limit: int | None = None, data_dir: str | None = None
 
 
 def is_hub_snapshot(folder: Path) -> bool:
-    """A local copy of a Hub dataset repo (as `hf download --repo-type dataset`
-    writes it) rather than a plain folder of class subfolders: it has the repo's README or
-    dataset_infos.json, or parquet files."""
-    return any((folder / name).is_file() for name in ("README.md", "dataset_infos.json")) \
-        or next(folder.rglob("*.parquet"), None) is not None
+    """A local copy of a Hub dataset repo (as `hf download --repo-type dataset` writes it) rather
+    than a plain folder of class subfolders: it has parquet files, the legacy dataset_infos.json,
+    or a dataset card (a README.md opening with YAML front matter, as every Hub card does; a
+    plain folder's README, like paintings_mini's credits, does not)."""
+    if (folder / "dataset_infos.json").is_file() or next(folder.rglob("*.parquet"), None) is not None:
+        return True
+    readme = folder / "README.md"
+    try:
+        return readme.is_file() and readme.read_text(errors="replace").lstrip().startswith("---")
+    except OSError:
+        return False

@@ -114,6 +114,7 @@ def _cache_identity(data) -> dict:
     m = data.manifest
     stats = json.dumps(m.stats["mean"] + m.stats["std"]).encode()
     return {"path": data.location, "count": m.count, "vae": m.vae["id"],
+            "sources": [src.id for src in m.published().sources],  # what to call it where this machine's paths mean nothing
             "latent_shape": m.storage.latent_shape, "label_names": m.label_names,
             "stats_sha256": hashlib.sha256(stats).hexdigest()[:16]}
 
@@ -124,8 +125,9 @@ def _check_resume(run: Path, config: dict) -> None:
         diff = [k for k in config["model"] if old["model"].get(k) != config["model"][k]]
         raise LiquidgenError(f"{run} was trained with another model ({', '.join(diff)} differ); "
                              f"resume with --model {old['train']['model']} or use a new --out")
-    if old["cache"] != config["cache"]:
-        diff = [k for k in config["cache"] if old["cache"].get(k) != config["cache"][k]]
+    # fields a run made by an earlier liquidgen did not record (its sources' names) are not compared
+    diff = [k for k in config["cache"] if k in old["cache"] and old["cache"][k] != config["cache"][k]]
+    if diff:
         raise LiquidgenError(f"{run} was trained on another cache ({', '.join(diff)} differ: "
                              f"{old['cache']['path']}); resume with that --cache or use a new --out")
     trained = old.get("train", {}).get("objective") or "flow"
@@ -181,11 +183,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     from accelerate import PartialState
 
     trackers = log_with(cfg.report_to)  # a tracker that is not installed: one line, nothing written
+    if cfg.model not in MODELS:
+        raise LiquidgenError(f"unknown --model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     torch.set_num_threads(cfg.threads or _resumed_threads(cfg) or free_cores())
     state = PartialState(cpu=not (torch.cuda.is_available() and cfg.device != "cpu"))
-    lock = None
+    run, lock = Path(cfg.out), None
+    created = run  # the outermost folder this call creates (runs/ of runs/new), if any
+    while not created.parent.exists():
+        created = created.parent
+    created = created if state.is_main_process and not run.exists() else None
     if state.is_main_process:
-        run = Path(cfg.out)
         if run.exists() and not run.is_dir():
             raise LiquidgenError(f"--out {run} is a file, not a run folder")
         try:
@@ -199,6 +206,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     finally:
         if lock is not None:
             lock.release()
+        # A refused run (a missing cache, an unreachable URL, a model too big) wrote nothing:
+        # the folders it made for the lock go with it, as if it had been refused before.
+        empty = run
+        while created is not None and empty.is_dir() and not any(empty.iterdir()):
+            empty.rmdir()
+            if empty == created:
+                break
+            empty = empty.parent
 
 
 def _stream(data, epoch: int, skip: int):
@@ -213,8 +228,6 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    if cfg.model not in MODELS:
-        raise LiquidgenError(f"unknown --model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no",
                               gradient_accumulation_steps=cfg.grad_accum, log_with=trackers or None,
@@ -296,9 +309,14 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
         accelerator.print(f"{cfg.model}: {params / 1e6:.2f}M parameters, {data.count} latents "
                           f"{'x'.join(map(str, data.shape))}, {data.num_classes or 'no'} classes, "
                           f"{world} process(es), {type(data).__name__}")
+        usable = getattr(data, "train_count", data.count)
+        if usable < cfg.batch_size:  # the loader's batch is the whole cache then: say so, and count what is used
+            accelerator.print(f"the cache holds {usable} training latents, fewer than --batch-size {cfg.batch_size}: "
+                              f"each batch is all {usable} of them")
     preview_every = cfg.preview_every
     result = TrainResult(run, start_step, parameters=params)
     step, t0, log_t0, log_loss, log_n = start_step, time.time(), time.time(), torch.zeros((), device=device), 0
+    log_latents = 0  # what the steps since the last log really used (a cache smaller than a batch gives less)
     bar = tqdm(total=cfg.steps, initial=start_step, unit="step", disable=not (cfg.progress and accelerator.is_local_main_process))
     metrics = (run / "metrics.jsonl").open("a") if accelerator.is_main_process else None
     # where the data stands: saved in each checkpoint, so a resume on any number of processes
@@ -337,6 +355,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
             step += 1
             log_loss += step_loss
             log_n += 1
+            log_latents += n * world
             if not cuda:  # free on CPU; on a GPU checked at log and checkpoint steps
                 result.losses.append(step_loss.item())
             if stops.requested(accelerator, step, cfg.log_every):  # Ctrl-C or SIGTERM: this step is the last, and saved
@@ -354,7 +373,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
                 now = time.time()
                 record = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                           "steps_per_s": log_n / (now - log_t0),
-                          "latents_per_s": log_n * cfg.batch_size * cfg.grad_accum / (now - log_t0), "epoch": epoch}
+                          "latents_per_s": log_latents / (now - log_t0), "epoch": epoch}
                 if evaluating and accelerator.is_main_process:  # the EMA weights, as previews and samples use
                     record.update(evaluator(ema, device))
                 if metrics:
@@ -363,7 +382,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
                 if trackers:
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lat_s=f"{record['latents_per_s']:.0f}", refresh=False)
-                log_loss, log_n, log_t0 = torch.zeros((), device=device), 0, time.time()  # not counting the evaluation
+                log_loss, log_n, log_latents, log_t0 = torch.zeros((), device=device), 0, 0, time.time()  # not counting the evaluation
             if step % cfg.ckpt_every == 0 or last:
                 rng_states = gather_object([gen.get_state()])  # every rank's noise stream
                 if accelerator.is_main_process:
