@@ -94,8 +94,10 @@ class TrainConfig:
     ema: float = 0.999
     class_dropout: float = 0.1
     log_every: int = 50
-    ckpt_every: int | None = None  # None: min(2000, steps // 10), so a run stopped early keeps one
-    preview_every: int | None = None  # None: min(2000, steps // 4); 0: never
+    # None: about ten checkpoints and four preview grids a run, but none more often than every 100
+    # (checkpoints) or 200 (previews) steps, so a short run does not spend its time on them
+    ckpt_every: int | None = None  # None: max(min(2000, steps // 10), min(steps, 100))
+    preview_every: int | None = None  # None: max(min(2000, steps // 4), min(steps, 200)); 0: never
     preview_n: int = 16
     preview_steps: int = 25
     cfg_scale: float = 2.0
@@ -122,8 +124,10 @@ class TrainConfig:
         """Defaults that follow --steps, then every value checked, before anything is written."""
         if isinstance(self.steps, int) and self.steps >= 1:
             self.warmup = min(1000, self.steps // 10) if self.warmup is None else self.warmup
-            self.ckpt_every = max(1, min(2000, self.steps // 10)) if self.ckpt_every is None else self.ckpt_every
-            self.preview_every = max(1, min(2000, self.steps // 4)) if self.preview_every is None else self.preview_every
+            if self.ckpt_every is None:
+                self.ckpt_every = max(min(2000, self.steps // 10), min(self.steps, 100))
+            if self.preview_every is None:
+                self.preview_every = max(min(2000, self.steps // 4), min(self.steps, 200))
             if self.eval_every is None:
                 self.eval_every = self.ckpt_every if self.val_fraction else 0
         whole(self, batch_size=1, steps=1, warmup=0, log_every=1, ckpt_every=1, preview_every=0, preview_n=1,

@@ -118,3 +118,37 @@ def test_appending_another_source_says_what_was_appended(paintings12, paintings4
     done = run_cli("encode", str(paintings40), "--out", str(out), "--vae", str(TAEF2), "-r", "64", "--limit", "8")
     assert done.returncode == 0, done.stderr
     assert f"appended 8 from {paintings40}" in done.stdout and "the cache holds 20 latents from 2 sources" in done.stdout
+
+
+def test_a_short_run_checkpoints_and_previews_once_at_its_end(cache40, tmp_path):
+    run = tmp_path / "r"
+    done = run_cli("train", "--cache", str(cache40), "--out", str(run), "--model", "nano", "--batch-size", "8",
+                   "--steps", "6", "--preview-n", "4")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-0000006"]
+    assert sorted(p.name for p in (run / "previews").glob("*.png")) == ["step-0000006.png"]
+
+
+@pytest.mark.reliability('a checkpoint that does not fit on the disk', 'one line; the last good checkpoint is kept and --resume finishes')
+def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_resume_finishes(cache40, tmp_path):
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # a nano checkpoint is ~10.8 MB: the first fits in 16 MB, the second does not
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        args = ["train", "--cache", str(cache40), "--out", str(disk / "r"), "--model", "nano", "--batch-size", "8",
+                "--ckpt-every", "1", "--preview-every", "0"]
+        full = run_cli(*args, "--steps", "3")
+        assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+        assert "No space left on device" in full.stderr and "the last good one, step-0000001, is kept" in full.stderr
+        assert (disk / "r" / "checkpoints" / "latest").read_text() == "step-0000001"
+        assert not list((disk / "r" / "checkpoints").glob(".tmp-*"))
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        done = run_cli(*args, "--steps", "3", "--resume")
+        assert done.returncode == 0, done.stderr
+        assert (disk / "r" / "checkpoints" / "latest").read_text() == "step-0000003"
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -55,8 +55,8 @@ def test_sample_refuses_bad_values(tmp_path, args, expected):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("steps, warmup, ckpt, preview", [(300, 30, 30, 75), (20, 2, 2, 5), (5, 0, 1, 1),
-                                                          (100_000, 1000, 2000, 2000)])
+@pytest.mark.parametrize("steps, warmup, ckpt, preview", [(300, 30, 100, 200), (20, 2, 20, 20), (6, 0, 6, 6),
+                                                          (1200, 120, 120, 300), (100_000, 1000, 2000, 2000)])
 def test_training_defaults_follow_the_steps(steps, warmup, ckpt, preview):
     cfg = TrainConfig(cache="c", out="r", steps=steps)
     assert (cfg.warmup, cfg.ckpt_every, cfg.preview_every) == (warmup, ckpt, preview)

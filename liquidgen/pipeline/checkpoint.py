@@ -15,13 +15,14 @@ scheduler, RNG and data position) holds only tensors and plain containers and is
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from liquidgen.cache.manifest import write_json_atomic
 from liquidgen.errors import LiquidgenError
@@ -52,11 +53,16 @@ def save_checkpoint(run: Path, step: int, model: torch.nn.Module, ema: torch.nn.
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        save_file({k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
-        torch.save(state, tmp / "state.pt")
+        tmp.mkdir(parents=True)
+        # serialized in memory, written by Python: a full disk is then an OSError naming itself
+        # (safetensors and torch.save each word it their own way, torch.save not at all)
+        for name, module in (("model", model), ("ema", ema)):
+            (tmp / f"{name}.safetensors").write_bytes(
+                save({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (tmp / "state.pt").write_bytes(buffer.getbuffer())
         (tmp / "meta.json").write_text(json.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -64,7 +70,10 @@ def save_checkpoint(run: Path, step: int, model: torch.nn.Module, ema: torch.nn.
         os.replace(root / ".latest.tmp", root / "latest")
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise LiquidgenError(f"cannot write checkpoint {final}: {exc.strerror or exc}") from None
+        kept = latest_checkpoint(run)
+        raise LiquidgenError(f"cannot write checkpoint {final}: {exc.strerror or exc}; "
+                             + (f"the last good one, {kept.name}, is kept: free space and rerun with --resume"
+                                if kept else "no checkpoint was saved before it")) from None
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
