@@ -152,3 +152,23 @@ def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_resume_finishes
         assert (disk / "r" / "checkpoints" / "latest").read_text() == "step-0000003"
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.reliability("a cache pull killed with kill -9, run again", "finishes, and its half-done downloads are removed")
+def test_a_rerun_pull_removes_what_a_killed_one_left(paintings12, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    cache, pulled = tmp_path / "c", tmp_path / "pulled"
+    assert run_cli("encode", str(paintings12), "--out", str(cache), "--vae", str(TAEF2), "-r", "64").returncode == 0
+    assert run_cli("cache", "push", str(cache), f"file://{tmp_path / 'shared'}").returncode == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid whose process is gone, as after kill -9
+    (pulled / "shards").mkdir(parents=True)
+    left = pulled / "shards" / f".s00-000000.zarr.part@{socket.gethostname()}@{dead.pid}-1"
+    left.write_bytes(b"half a shard")
+    done = run_cli("cache", "pull", f"file://{tmp_path / 'shared'}", str(pulled))
+    assert done.returncode == 0, done.stderr
+    assert not left.exists() and not [p for p in (pulled / "shards").iterdir() if ".part@" in p.name]
+    assert run_cli("cache", "verify", str(pulled)).returncode == 0

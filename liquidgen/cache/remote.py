@@ -247,6 +247,7 @@ def _open_local(url: str, cache_dir: str | Path, manifest: Manifest) -> CacheDir
     if cache.exists():
         cache.manifest().check_contract(manifest, str(cache_dir))
     cache.shards_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale(cache.shards_dir)  # downloads a killed pull left half done
     return cache
 
 
