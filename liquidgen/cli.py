@@ -31,6 +31,12 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+# options several commands share, written once
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bars with an ETA on stderr.")
+THREADS = typer.Option(None, "--threads", help="Torch's threads for CPU work (default: one per core that other "
+                       "processes leave free now; torch's own, one per core, is several times slower on a busy machine).")
+
+
 def _print_version(value: bool) -> None:
     if value:
         from liquidgen import __version__
@@ -74,6 +80,7 @@ def encode(
     device: str = typer.Option(ENCODE.device, help="auto, cpu, cuda, cuda:1, ..."),
     vae_dtype: str = typer.Option(ENCODE.vae_dtype, help="VAE compute dtype: auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16."),
     seed: int = typer.Option(ENCODE.seed, help="Seed for --store sample and for where --limit draws."),
+    progress: bool = PROGRESS,
 ) -> None:
     """Encode images through a frozen VAE into a sharded latent cache (resumable: rerun to finish)."""
     from liquidgen.pipeline.encode import encode as run
@@ -83,7 +90,7 @@ def encode(
         format=format, dtype=dtype, store=store, flip=flip, limit=limit, image_column=image_column,
         label_column=label_column, batch_size=batch_size,
         workers=workers, shard_size=shard_size, data_dir=data_dir, device=device,
-        vae_dtype=vae_dtype, seed=seed,
+        vae_dtype=vae_dtype, seed=seed, progress=progress,
     )
     result = run(cfg)
     if result.noop:
@@ -167,6 +174,7 @@ def train(
     threads: Optional[int] = typer.Option(TRAIN.threads, help="Torch's intra-op threads for CPU work (default: one per core "
                                           "that other processes leave free, measured at the start; torch's own one per core "
                                           "is 6x slower on a busy 2-core machine)."),
+    progress: bool = PROGRESS,
 ) -> None:
     """Train a backbone on a latent cache with rectified flow, or noise prediction (--objective eps); no VAE in the loop."""
     from liquidgen.pipeline.train import train as run
@@ -184,7 +192,7 @@ def train(
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
         compile=compile, device=device, threads=threads, grad_accum=grad_accum, report_to=report_to,
         val_fraction=val_fraction, eval_every=eval_every, eval_n=eval_n, eval_steps=eval_steps, reg=reg,
-        objective=objective,
+        objective=objective, progress=progress,
     )
     result = run(cfg)
     if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would
@@ -215,6 +223,8 @@ def sample(
     latents_only: bool = typer.Option(SAMPLE.latents_only, "--latents-only", help="Write raw latents (safetensors), no VAE."),
     checkpoint: Optional[str] = typer.Option(SAMPLE.checkpoint, help="A checkpoint folder name (step-XXXXXXX); default the latest."),
     device: str = typer.Option(SAMPLE.device, help="auto, cpu, cuda."),
+    threads: Optional[int] = THREADS,
+    progress: bool = PROGRESS,
 ) -> None:
     """Generate images from a trained run's EMA weights: PNGs, a grid and the settings used."""
     from liquidgen.pipeline.sample import sample as run_sample
@@ -228,7 +238,7 @@ def sample(
     result = run_sample(SampleConfig(
         run=str(run or onnx_dir), onnx=onnx_dir is not None, out=str(out), n=n, steps=steps, cfg_scale=cfg, guidance_interval=(lo, hi),
         class_name=class_name, sampler=sampler, seed=seed, batch_size=batch_size, latents_only=latents_only,
-        checkpoint=checkpoint, device=device))
+        checkpoint=checkpoint, device=device, threads=threads, progress=progress))
     what = f"{n} latents to {result.out}" if latents_only else f"{n} images and {result.grid} to {result.out}"
     console.print(f"wrote {what} ({result.model_calls} model calls per image, {result.seconds:.1f}s)")
 
@@ -241,12 +251,14 @@ def decode(
     keys: Optional[str] = typer.Option(DECODE.keys, help="Comma-separated cache keys to decode instead of the first ones."),
     vae: Optional[str] = typer.Option(DECODE.vae, help="VAE to use (required for a bare .npy; default: the one the latents name)."),
     device: str = typer.Option(DECODE.device, help="auto, cpu, cuda."),
+    threads: Optional[int] = THREADS,
+    progress: bool = PROGRESS,
 ) -> None:
     """Decode latents to PNGs with the VAE they were made with (loaded only now)."""
     from liquidgen.pipeline.decode import decode as run_decode
 
     paths = run_decode(DecodeConfig(source=source, out=str(out), limit=limit, keys=keys.split(",") if keys else None,
-                                    vae=vae, device=device))
+                                    vae=vae, device=device, threads=threads, progress=progress))
     console.print(f"wrote {len(paths)} images and {out}/grid.png")
 
 
@@ -257,11 +269,12 @@ def export(
     checkpoint: Optional[str] = typer.Option(None, help="A checkpoint folder name (step-XXXXXXX); default the latest."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write backbone.onnx (inputs x_t, t, class; dynamic batch) and "
                               "vae_decoder.onnx, for `sample --onnx`; works for every --model (pip install 'liquidgen[onnx]')."),
+    progress: bool = PROGRESS,
 ) -> None:
     """Export a run (EMA weights, scheduler, VAE) as a diffusers pipeline folder, and with --onnx as ONNX files."""
     from liquidgen.pipeline.export import export as run_export
 
-    folder = run_export(str(run), str(out), checkpoint, onnx=onnx)
+    folder = run_export(str(run), str(out), checkpoint, onnx=onnx, progress=progress)
     console.print(f"wrote {folder}; load it with liquidgen.pipeline.export.LiquidGenPipeline.from_pretrained('{folder}')")
 
 
@@ -282,6 +295,8 @@ def eval_(
     feature_weights: Optional[str] = typer.Option(EVAL.feature_weights, "--feature-weights", help="Local weights for "
                                                   "the one metric asked: the Inception .pth/.safetensors state dict, or a "
                                                   "DINOv2 folder (save_pretrained) or Hub id."),
+    threads: Optional[int] = THREADS,
+    progress: bool = PROGRESS,
 ) -> None:
     """Score a run: SWD, random-feature FD/KID, precision/recall, flow loss per t (no downloads);
     with --fid / --fd-dinov2 also the metrics papers report."""
@@ -289,7 +304,7 @@ def eval_(
 
     r = evaluate(EvalConfig(run=str(run), cache=cache, n=n, steps=steps, cfg_scale=cfg, seed=seed,
                             out=str(out) if out else None, device=device, fid=fid, fd_dinov2=fd_dinov2,
-                            feature_weights=feature_weights))
+                            feature_weights=feature_weights, threads=threads, progress=progress))
     table = Table("metric", "value", title=f"{run} ({r['checkpoint']}, n={n}, {r['model_calls_per_image']} calls/image)")
     for k, v in {**r["metrics"], **{f"flow loss {k}": v for k, v in r["flow_loss_per_t"].items()}}.items():
         table.add_row(k, f"{v:.4f}")

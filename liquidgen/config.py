@@ -115,7 +115,7 @@ class TrainConfig:
     eval_every: int | None = None  # steps between held-out evaluations; None: every checkpoint when --val-fraction, 0: never
     eval_n: int = 0  # samples scored by the weight-free metrics at each evaluation; 0: the held-out loss only
     eval_steps: int = 25  # sampling steps of those samples
-    threads: int | None = None  # torch's intra-op threads on the CPU; None: one per core not busy now (train.free_cores)
+    threads: int | None = None  # torch's intra-op threads on the CPU; None: one per core not busy now (devices.free_cores)
     reg: str | None = None  # regularizers on the predicted clean latent: "tv=0.01,spectral=0.01" or a preset
     objective: str = "flow"  # flow (rectified flow, velocity) | eps (noise prediction, sampled with DDIM)
     progress: bool = True
@@ -188,10 +188,12 @@ class SampleConfig:
     checkpoint: str | None = None  # a step-XXXXXXX folder name; default the latest
     device: str = "auto"
     onnx: bool = False  # run names a folder from `export --onnx`: sample with onnxruntime
+    threads: int | None = None  # torch's threads on the CPU; None: one per core not busy now (devices.free_cores)
+    progress: bool = True
     FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg", "class_name": "--class"}
 
     def __post_init__(self) -> None:
-        whole(self, n=1, steps=1, seed=0, batch_size=1)
+        whole(self, n=1, steps=1, seed=0, batch_size=1, threads=1)
         finite(self, cfg_scale=(0, None))
         one_of(self, sampler=("auto", *(s for names in SAMPLERS.values() for s in names)))
         lo, hi = self.guidance_interval
@@ -208,9 +210,11 @@ class DecodeConfig:
     vae: str | None = None  # needed for a bare .npy; overrides what the latents name
     batch_size: int = 16
     device: str = "auto"
+    threads: int | None = None  # as SampleConfig's
+    progress: bool = True
 
     def __post_init__(self) -> None:
-        whole(self, limit=1, batch_size=1)
+        whole(self, limit=1, batch_size=1, threads=1)
 
 
 
@@ -228,10 +232,12 @@ class EvalConfig:
     fid: bool = False  # Inception FID (torch-fidelity's network; its weights downloaded or --feature-weights)
     fd_dinov2: bool = False  # Fréchet distance in DINOv2 features (transformers; Hub id or a local folder)
     feature_weights: str | None = None  # the network's weights: an Inception state dict file or a DINOv2 folder
+    threads: int | None = None  # as SampleConfig's
+    progress: bool = True
     FLAGS: ClassVar[dict] = {"cfg_scale": "--cfg"}
 
     def __post_init__(self) -> None:
-        whole(self, n=2, steps=1, seed=0, batch_size=1)
+        whole(self, n=2, steps=1, seed=0, batch_size=1, threads=1)
         finite(self, cfg_scale=(0, None))
         if self.feature_weights and self.fid == self.fd_dinov2:
             raise LiquidgenError("--feature-weights names one network: use it with --fid or with --fd-dinov2, not "

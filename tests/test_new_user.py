@@ -172,3 +172,41 @@ def test_a_rerun_pull_removes_what_a_killed_one_left(paintings12, tmp_path):
     assert done.returncode == 0, done.stderr
     assert not left.exists() and not [p for p in (pulled / "shards").iterdir() if ".part@" in p.name]
     assert run_cli("cache", "verify", str(pulled)).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def small_run(cache40, tmp_path_factory):
+    run = tmp_path_factory.mktemp("small-run") / "r"
+    done = run_cli("train", "--cache", str(cache40), "--out", str(run), "--model", "nano", "--batch-size", "8",
+                   "--steps", "2", "--preview-every", "0", "--no-progress")
+    assert done.returncode == 0 and "step/s" not in done.stderr, done.stderr  # --no-progress: no bar
+    return run
+
+
+def test_sample_decode_eval_and_export_show_progress_and_honour_no_progress(small_run, cache40, tmp_path):
+    commands = {
+        "sample": (["sample", "--run", str(small_run), "--n", "4", "--steps", "2", "--out", str(tmp_path / "s")], "sample 4 images"),
+        "decode": (["decode", str(cache40), "--limit", "4", "--out", str(tmp_path / "d")], "decode"),
+        "eval": (["eval", "--run", str(small_run), "--cache", str(cache40), "--n", "4", "--steps", "2",
+                  "--out", str(tmp_path / "e.json")], "sample 4 images"),
+        "export": (["export", "--run", str(small_run), "--out", str(tmp_path / "x")], "export:"),
+    }
+    for name, (args, bar) in commands.items():
+        shown = run_cli(*args)
+        assert shown.returncode == 0, (name, shown.stderr)
+        assert bar in shown.stderr and "100%" in shown.stderr, (name, shown.stderr)
+        quiet = run_cli(*args, "--no-progress")
+        assert quiet.returncode == 0 and "100%" not in quiet.stderr and "it/s" not in quiet.stderr, (name, quiet.stderr)
+
+
+def test_sample_takes_the_thread_policy_of_train(small_run, tmp_path):
+    import os
+
+    done = run_cli("sample", "--run", str(small_run), "--n", "2", "--steps", "1", "--out", str(tmp_path / "a"), "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "a" / "settings.json").read_text())["threads"] == 1
+    done = run_cli("sample", "--run", str(small_run), "--n", "2", "--steps", "1", "--out", str(tmp_path / "b"))
+    assert done.returncode == 0, done.stderr
+    assert 1 <= json.loads((tmp_path / "b" / "settings.json").read_text())["threads"] <= len(os.sched_getaffinity(0))
+    bad = run_cli("sample", "--run", str(small_run), "--out", str(tmp_path / "c"), "--threads", "0")
+    assert bad.returncode == 1 and "--threads must be a whole number of at least 1" in bad.stderr

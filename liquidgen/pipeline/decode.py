@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from liquidgen.config import DecodeConfig
-from liquidgen.devices import resolve_device
+from liquidgen.devices import free_cores, resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.images import image_grid, save_images
 from liquidgen.pipeline.vae import decode_latents
@@ -41,6 +41,7 @@ def decode(cfg: DecodeConfig) -> list[Path]:
     if Path(cfg.out).is_file():
         raise LiquidgenError(f"--out {cfg.out} is a file; decode writes a folder of images there")
     device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.threads or free_cores())  # as train: a busy core would slow every op
     src = Path(cfg.source)
     if src.is_dir():
         raw, vae, _ = _from_cache(cfg)
@@ -69,7 +70,7 @@ def decode(cfg: DecodeConfig) -> list[Path]:
         raise LiquidgenError(f"{src} does not name its VAE: pass --vae")
     if raw.ndim != 4:
         raise LiquidgenError(f"expected latents shaped (N, C, H, W), got {tuple(raw.shape)}")
-    images = decode_latents(raw, vae, device, cfg.batch_size)
+    images = decode_latents(raw, vae, device, cfg.batch_size, progress=cfg.progress)
     out = Path(cfg.out)
     paths = save_images(images, out)
     image_grid(images).save(out / "grid.png")

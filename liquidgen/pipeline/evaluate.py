@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from liquidgen.config import EvalConfig
-from liquidgen.devices import resolve_device
+from liquidgen.devices import free_cores, resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.eval.standard import load_network
 from liquidgen.pipeline.vae import decode_latents
@@ -48,6 +48,7 @@ def _real_images(cache: str, n: int, seed: int, device) -> tuple[torch.Tensor, t
 
 def evaluate(cfg: EvalConfig) -> dict:
     device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.threads or free_cores())  # as train: a busy core would slow every op
     t0 = time.time()
     # the feature networks first: a missing one is refused before minutes of sampling
     standard = {m: load_network(m, cfg.feature_weights, device) for m, on in (("fid", cfg.fid), ("fd_dinov2", cfg.fd_dinov2)) if on}
@@ -57,7 +58,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if list(x0.shape[1:]) != list(lat["shape"]):
         raise LiquidgenError(f"{cfg.cache} holds {list(x0.shape[1:])} latents but the run was trained on {lat['shape']}")
     evaluator = Evaluator(x0, real_labels if lat["label_names"] else None, lat, cfg.n, cfg.steps, cfg.cfg_scale,
-                          cfg.seed, cfg.batch_size, real_images=real, standard=standard)
+                          cfg.seed, cfg.batch_size, real_images=real, standard=standard, progress=cfg.progress)
     metrics, calls = evaluator.sample_metrics(model, device)
     result = {
         "config": asdict(cfg), "checkpoint": path.name, "model_calls_per_image": calls, "settings": evaluator.settings(),

@@ -52,8 +52,9 @@ class Evaluator:
 
     def __init__(self, x0: torch.Tensor, labels: torch.Tensor | None, lat: dict, n: int = 0, steps: int = 25,
                  cfg_scale: float = 1.0, seed: int = 0, batch_size: int = 64, real_images: torch.Tensor | None = None,
-                 standard: dict[str, torch.nn.Module] | None = None):
+                 standard: dict[str, torch.nn.Module] | None = None, progress: bool = False):
         self.x0, self.labels, self.lat, self.n = x0, labels, lat, min(n, len(x0))
+        self.progress = progress  # bars for sampling and decoding (`liquidgen eval`; not inside training's)
         self.steps, self.cfg_scale, self.seed, self.batch_size = steps, cfg_scale, seed, batch_size
         self.real = real_images
         self.standard = standard or {}  # {"fid": network, "fd_dinov2": network} from liquidgen.eval.standard
@@ -81,11 +82,11 @@ class Evaluator:
         labels = self.labels[: self.n] if self.labels is not None else pick_labels([], self.n, None)
         if self.real is None:
             raw = LatentSpace.from_run(self.lat).to_vae(self.x0[: self.n])
-            self.real = quantized(decode_latents(raw, self.lat["vae"], device))
+            self.real = quantized(decode_latents(raw, self.lat["vae"], device, progress=self.progress))
         gen = torch.Generator().manual_seed(self.seed + 1)
         raw, calls = generate_raw(model, self.lat, labels, self.n, self.steps, self.cfg_scale, GUIDANCE_INTERVAL,
-                                  "auto", gen, device, self.batch_size)
-        fake = quantized(decode_latents(raw, self.lat["vae"], device))
+                                  "auto", gen, device, self.batch_size, progress=self.progress)
+        fake = quantized(decode_latents(raw, self.lat["vae"], device, progress=self.progress))
         self.fake = fake  # the images just scored, for a caller to look at
         metrics = compare(self.real[: self.n], fake, self.seed)
         for name, net in self.standard.items():

@@ -134,19 +134,30 @@ def model_card(run: str, config: dict, checkpoint: str) -> str:
     return "\n".join(lines)
 
 
-def export(run: str, out: str, checkpoint: str | None = None, onnx: bool = False) -> Path:
+def export(run: str, out: str, checkpoint: str | None = None, onnx: bool = False, progress: bool = True) -> Path:
     """The diffusers pipeline folder of a run's EMA model (any model liquidgen trains); with
-    `onnx`, also the backbone and VAE decoder as ONNX files beside it."""
-    model, config, path = load_run(run, checkpoint)
-    if onnx:
-        from liquidgen.pipeline.onnx import export_onnx
+    `onnx`, also the backbone and VAE decoder as ONNX files beside it. `progress`: a bar over
+    the parts, named as each starts (the ONNX export alone can take minutes)."""
+    from tqdm.auto import tqdm
 
-        export_onnx(model, config, Path(out))
-    _save_pipeline(model, config, out)
-    try:
-        (Path(out) / "README.md").write_text(model_card(run, config, path.name))
-    except OSError as exc:
-        raise LiquidgenError(f"cannot write {out}: {exc.strerror or exc}") from None
+    with tqdm(total=4 if onnx else 3, unit="part", desc="export: loading the run", disable=not progress) as bar:
+        model, config, path = load_run(run, checkpoint)
+        bar.update()
+        if onnx:
+            from liquidgen.pipeline.onnx import export_onnx
+
+            bar.set_description("export: ONNX files")
+            export_onnx(model, config, Path(out))
+            bar.update()
+        bar.set_description("export: diffusers pipeline")
+        _save_pipeline(model, config, out)
+        bar.update()
+        bar.set_description("export: model card")
+        try:
+            (Path(out) / "README.md").write_text(model_card(run, config, path.name))
+        except OSError as exc:
+            raise LiquidgenError(f"cannot write {out}: {exc.strerror or exc}") from None
+        bar.update()
     return Path(out)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from liquidgen.config import SampleConfig
-from liquidgen.devices import resolve_device
+from liquidgen.devices import free_cores, resolve_device
 from liquidgen.errors import LiquidgenError
 from liquidgen.pipeline.checkpoint import load_run
 from liquidgen.pipeline.images import image_grid, save_images
@@ -26,6 +26,7 @@ class SampleResult:
 
 
 def _raw(cfg: SampleConfig):
+    torch.set_num_threads(cfg.threads or free_cores())  # as train: a busy core would slow every op
     if cfg.onnx:  # the same loop around an onnxruntime session
         from liquidgen.pipeline.onnx import OnnxBackbone, read_meta
 
@@ -38,7 +39,7 @@ def _raw(cfg: SampleConfig):
     labels = pick_labels(lat["label_names"], cfg.n, cfg.class_name)
     gen = torch.Generator().manual_seed(cfg.seed)
     raw, calls = generate_raw(model, lat, labels, cfg.n, cfg.steps, cfg.cfg_scale, cfg.guidance_interval,
-                              cfg.sampler, gen, device, cfg.batch_size)
+                              cfg.sampler, gen, device, cfg.batch_size, progress=cfg.progress)
     return raw, calls, labels, lat, path, device
 
 
@@ -59,7 +60,7 @@ def _decode(cfg: SampleConfig, raw: torch.Tensor, lat: dict, device) -> torch.Te
         return decode_onnx(Path(cfg.run), raw)
     from liquidgen.pipeline.vae import decode_latents
 
-    return decode_latents(raw, lat["vae"], device)
+    return decode_latents(raw, lat["vae"], device, progress=cfg.progress)
 
 
 def sample(cfg: SampleConfig) -> SampleResult:
@@ -74,7 +75,7 @@ def sample(cfg: SampleConfig) -> SampleResult:
     t0 = time.time()
     raw, calls, labels, lat, path, device = _raw(cfg)
     out = Path(cfg.out)
-    settings = {**asdict(cfg), "checkpoint": path.name, "model_calls_per_image": calls,
+    settings = {**asdict(cfg), "threads": torch.get_num_threads(), "checkpoint": path.name, "model_calls_per_image": calls,
                 "labels": labels.tolist() if labels is not None else None}
     if cfg.latents_only:
         if out.suffix != ".safetensors":

@@ -60,11 +60,12 @@ def sample_latents(
     sampler="euler",
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
+    on_step=None,
 ) -> tuple[torch.Tensor, int]:
     """Normalized latents (n, *shape) and the model evaluations it took per image (a guided
     step is two). `sampler` is "euler" or "heun" (a velocity model), "ddim" (a noise-prediction
     model), or a diffusers scheduler whose config is used; the model's output is what the
-    scheduler's step takes."""
+    scheduler's step takes. `on_step()` is called after each step (a progress bar)."""
     scheduler = make_scheduler(sampler)
     scheduler.set_timesteps(steps, device=device)
     x = torch.randn((n, *shape), generator=generator, device="cpu").to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
@@ -83,20 +84,29 @@ def sample_latents(
             v = model(x, sigma, labels)
             calls += 1
         x = scheduler.step(v.float(), t, x).prev_sample
+        if on_step is not None:
+            on_step()
     return x, calls
 
 
-def generate_raw(model, lat: dict, labels, n, steps, cfg_scale, interval, sampler, gen, device, batch_size):
+def generate_raw(model, lat: dict, labels, n, steps, cfg_scale, interval, sampler, gen, device, batch_size,
+                 progress: bool = False):
     """Raw (denormalized) latents for `n` images, in batches; shared by `sample` and the exported
-    diffusers pipeline so both give the same images for the same seed."""
+    diffusers pipeline so both give the same images for the same seed. `progress`: a bar over
+    every batch's steps, with an ETA."""
+    from tqdm.auto import tqdm
+
     space = LatentSpace.from_run(lat)
     sampler = resolve_sampler(lat.get("objective"), sampler)
     chunks, calls = [], 0
-    for start in range(0, n, batch_size):
-        k = min(batch_size, n - start)
-        y = labels[start : start + k].to(device) if labels is not None else None
-        z, calls = sample_latents(model, k, tuple(lat["shape"]), y, steps, cfg_scale, interval, sampler, gen, device)
-        chunks.append(space.to_vae(z.float().cpu()))
+    batches = -(-n // batch_size)
+    with tqdm(total=batches * steps, unit="step", desc=f"sample {n} images", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            k = min(batch_size, n - start)
+            y = labels[start : start + k].to(device) if labels is not None else None
+            z, calls = sample_latents(model, k, tuple(lat["shape"]), y, steps, cfg_scale, interval, sampler, gen, device,
+                                      on_step=bar.update)
+            chunks.append(space.to_vae(z.float().cpu()))
     return torch.cat(chunks), calls
 
 

@@ -27,6 +27,7 @@ from liquidgen.backbone.unet import count_parameters
 from liquidgen.cache.loader import open_latents
 from liquidgen.cache.lock import CacheLock
 from liquidgen.config import SAMPLERS, TrainConfig
+from liquidgen.devices import free_cores
 from liquidgen.errors import LiquidgenError
 from liquidgen.objective import ema_update, objective_for, parse_reg
 from liquidgen.pipeline import checkpoint as ckpt
@@ -139,24 +140,6 @@ def _check_resume(run: Path, config: dict) -> None:
                              "or training would see latents it was scored on")
 
 
-def free_cores(window: float = 0.3) -> int:
-    """Torch's intra-op threads when --threads is not given: one per core that other processes
-    leave free, measured now over `window` seconds from /proc/stat (a load average would lag
-    behind a command that just finished). Torch's own default, one per core, makes each op wait
-    for its slowest thread when another process holds a core: measured on 2 cores, steps 6x
-    slower than with one thread (docs/benchmarks.md, "Torch threads")."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-        first = _cpu_times()
-        time.sleep(window)
-        second = _cpu_times()
-    except (AttributeError, OSError, ValueError):  # not Linux: torch's choice
-        return torch.get_num_threads()
-    total, idle = (b - a for a, b in zip(first, second))
-    busy = (total - idle) / max(total, 1) * (os.cpu_count() or cores)
-    return max(1, cores - round(busy))  # not capped by torch.get_num_threads(): an earlier run may have lowered it
-
-
 def _resumed_threads(cfg: TrainConfig) -> int | None:
     """The threads a resumed run used before: float sums depend on how ops are split across
     threads, so a resume keeps them to stay bit-exact whatever the machine's load is now."""
@@ -168,13 +151,6 @@ def _resumed_threads(cfg: TrainConfig) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return threads if isinstance(threads, int) and threads >= 1 else None
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(all, idle) jiffies of every CPU since boot, from /proc/stat's first line."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:]]
-    return sum(fields[:8]), fields[3] + fields[4]  # idle + iowait; guest time is inside user
 
 
 def train(cfg: TrainConfig) -> TrainResult:

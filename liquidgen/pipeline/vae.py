@@ -264,8 +264,11 @@ def _pick_dtype(dtype: str, device) -> torch.dtype:
     return torch.float32
 
 
-def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) -> torch.Tensor:
-    """Raw (unnormalized) latents -> RGB in [0, 1], with the VAE loaded now and dropped after."""
+def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """Raw (unnormalized) latents -> RGB in [0, 1], with the VAE loaded now and dropped after;
+    `progress`: a bar over the images."""
+    from tqdm.auto import tqdm
+
     if not torch.isfinite(raw).all():
         bad = int((~torch.isfinite(raw)).flatten(1).any(1).sum())
         raise LiquidgenError(f"{bad} of the {len(raw)} latents hold NaN or infinite values: nothing to decode "
@@ -275,6 +278,11 @@ def decode_latents(raw: torch.Tensor, vae_spec, device, batch_size: int = 16) ->
         raise LiquidgenError(f"the latents have {raw.shape[1]} channels but the VAE {vae.info['id']} "
                              f"expects {vae.latent_channels}")
     try:
-        return torch.cat([vae.decode(chunk.to(device)).cpu() for chunk in raw.split(batch_size)])
+        with tqdm(total=len(raw), unit="img", desc="decode", disable=not progress) as bar:
+            images = []
+            for chunk in raw.split(batch_size):
+                images.append(vae.decode(chunk.to(device)).cpu())
+                bar.update(len(chunk))
+        return torch.cat(images)
     finally:
         del vae
