@@ -391,8 +391,10 @@ def cache_bench(
     from liquidgen.cache.bench import bench_cache
     from liquidgen.cache.store import require_complete
 
-    if batch_size < 1 or rounds < 1 or steps_per_s <= 0:
-        raise LiquidgenError("--batch-size, --rounds and --steps-per-s must be positive")
+    if batch_size < 1 or rounds < 1:
+        raise LiquidgenError("--batch-size and --rounds must be positive")
+    if not 0 < steps_per_s < float("inf"):  # nan too
+        raise LiquidgenError(f"--steps-per-s must be a positive number (got {steps_per_s})")
     count = require_complete(str(cache)).count
     if batch_size > count:
         console.print(f"{cache} holds {count} latents, fewer than --batch-size {batch_size}: benching at batch {count}")
