@@ -266,6 +266,7 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(paintings12, tmp_path, si
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 128 + getattr(signal, signum), stderr
     assert "Traceback" not in stderr and f"{signum}: stopped at step" in stderr, stderr
+    assert "with --resume to continue (`make resume` after `make train`)" in stderr  # the word for make users too
     last = json.loads(metrics.read_text().splitlines()[-1])["step"]
     saved = ckpt.latest_checkpoint(run)
     assert saved is not None and saved.name == f"step-{last:07d}"  # nothing trained is lost
