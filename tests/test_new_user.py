@@ -210,3 +210,17 @@ def test_sample_takes_the_thread_policy_of_train(small_run, tmp_path):
     assert 1 <= json.loads((tmp_path / "b" / "settings.json").read_text())["threads"] <= len(os.sched_getaffinity(0))
     bad = run_cli("sample", "--run", str(small_run), "--out", str(tmp_path / "c"), "--threads", "0")
     assert bad.returncode == 1 and "--threads must be a whole number of at least 1" in bad.stderr
+
+
+def test_the_readme_full_path_runs_from_a_bare_clone():
+    """Its commands name the shipped dataset and VAE; the shared folder and the Hub are the
+    commented alternatives, and the VAE is spelled one way."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## The full path", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+    assert commands and all("../shared" not in c for c in commands), commands
+    makes = [c for c in commands if c.startswith("make ") and c != "make install"]
+    assert all("DATASET=paintings_mini" in c for c in makes), makes
+    assert "VAE=taef2" in makes[0] and "../shared/weights" not in readme
