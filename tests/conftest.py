@@ -4,6 +4,7 @@ than those 200 images read ../shared, and they are skipped, with the reason, whe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -103,3 +104,16 @@ def bad_images(tmp_path) -> tuple[Path, dict[str, str | None]]:
         "sixteen_bit.png": None, "alpha.png": None, "palette.png": None, "good.jpg": None,
     }
     return d, expected
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` mounted at `folder` (skipped where mounting is not allowed), to fill up
+    on purpose; yields a function that remounts it at another size, as a user freeing space."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        yield lambda new: subprocess.run(["mount", "-o", f"remount,size={new}", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import TAEF2, run_cli
+from conftest import TAEF2, run_cli, small_disk
 
 COMMANDS = [[], ["encode"], ["train"], ["sample"], ["decode"], ["export"], ["eval"], ["plot"], ["presets"], ["cache"],
             ["cache", "info"], ["cache", "bench"], ["cache", "upgrade"], ["cache", "verify"], ["cache", "push"],
@@ -131,14 +131,8 @@ def test_a_short_run_checkpoints_and_previews_once_at_its_end(cache40, tmp_path)
 
 @pytest.mark.reliability('a checkpoint that does not fit on the disk', 'one line; the last good checkpoint is kept and --resume finishes')
 def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_resume_finishes(cache40, tmp_path):
-    import subprocess
-
     disk = tmp_path / "disk"
-    disk.mkdir()
-    # a nano checkpoint is ~10.8 MB: the first fits in 16 MB, the second does not
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("needs permission to mount a small tmpfs")
-    try:
+    with small_disk(disk, "16m") as resize:  # a nano checkpoint is ~10.8 MB: the first fits, the second does not
         args = ["train", "--cache", str(cache40), "--out", str(disk / "r"), "--model", "nano", "--batch-size", "8",
                 "--ckpt-every", "1", "--preview-every", "0"]
         full = run_cli(*args, "--steps", "3")
@@ -146,12 +140,10 @@ def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_resume_finishes
         assert "No space left on device" in full.stderr and "the last good one, step-0000001, is kept" in full.stderr
         assert (disk / "r" / "checkpoints" / "latest").read_text() == "step-0000001"
         assert not list((disk / "r" / "checkpoints").glob(".tmp-*"))
-        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        resize("64m")
         done = run_cli(*args, "--steps", "3", "--resume")
         assert done.returncode == 0, done.stderr
         assert (disk / "r" / "checkpoints" / "latest").read_text() == "step-0000003"
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 @pytest.mark.reliability("a cache pull killed with kill -9, run again", "finishes, and its half-done downloads are removed")

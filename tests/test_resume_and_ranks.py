@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TAEF2
+from conftest import TAEF2, small_disk
 from liquidgen.cache.builder import records
 from liquidgen.cache.store import CacheDir, verify_cache
 
@@ -72,22 +72,17 @@ def test_two_processes_split_the_source_and_merge_one_manifest(paintings40, tmp_
 @pytest.mark.reliability('a disk that fills during an encode', 'one line; the rerun finishes')
 def test_a_full_disk_stops_with_one_line_and_the_rerun_finishes(paintings40, tmp_path):
     disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("needs permission to mount a small tmpfs")
-    try:
+    with small_disk(disk, "160k") as resize:
         args = encode_args(paintings40, disk / "c", "--resolution", "64", "--dtype", "fp32")
         full = subprocess.run([sys.executable, "-m", "liquidgen", *args], capture_output=True, text=True, timeout=300)
         assert full.returncode == 1, full.stderr
         assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
         assert not CacheDir(disk / "c").manifest().complete
-        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        resize("8m")
         done = subprocess.run([sys.executable, "-m", "liquidgen", *args], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         m, _, keys, _ = read_all(disk / "c")
         assert m.count == 40 and len(set(keys)) == 40 and verify_cache(disk / "c")[1] == []
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 CRASH_ON_RANK_1 = """
