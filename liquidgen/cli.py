@@ -174,6 +174,9 @@ def train(
     threads: Optional[int] = typer.Option(TRAIN.threads, help="Torch's intra-op threads for CPU work (default: one per core "
                                           "that other processes leave free, measured at the start; torch's own one per core "
                                           "is 6x slower on a busy 2-core machine)."),
+    mixed_precision: str = typer.Option(TRAIN.mixed_precision, "--mixed-precision", help="auto (bf16 on a GPU that has it, "
+                                        "else fp32), no, bf16 (the CPU too), or fp16 (a GPU): the model's forward under "
+                                        "autocast, through Accelerate; the loss and the weights stay fp32."),
     progress: bool = PROGRESS,
 ) -> None:
     """Train a backbone on a latent cache with rectified flow, or noise prediction (--objective eps); no VAE in the loop."""
@@ -192,7 +195,7 @@ def train(
         seed=seed, memory_limit_gb=memory_limit_gb, keep_shards=keep_shards, cache_limit_gb=cache_limit_gb,
         compile=compile, device=device, threads=threads, grad_accum=grad_accum, report_to=report_to,
         val_fraction=val_fraction, eval_every=eval_every, eval_n=eval_n, eval_steps=eval_steps, reg=reg,
-        objective=objective, progress=progress,
+        objective=objective, mixed_precision=mixed_precision, progress=progress,
     )
     result = run(cfg)
     if result.stopped_by:  # Ctrl-C or SIGTERM: the step reached is saved; exit as the signal would

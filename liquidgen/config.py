@@ -24,6 +24,7 @@ FORMATS = ("zarr", "wds")  # Zarr v3 groups or WebDataset tars, one per shard
 FLIPS = ("none", "both")  # both: the mirrored image is encoded too
 DEVICES = ("auto", "cpu", "cuda")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")  # experiment trackers, through Accelerate
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")  # Accelerate's names; auto: bf16 where the GPU has it, else no
 OBJECTIVES = ("flow", "eps")  # rectified flow (velocity) or DDPM noise prediction: liquidgen/objective.py
 SAMPLERS = {"flow": ("euler", "heun"), "eps": ("ddim",)}  # what integrates each objective; the first is the default
 
@@ -118,6 +119,7 @@ class TrainConfig:
     threads: int | None = None  # torch's intra-op threads on the CPU; None: one per core not busy now (devices.free_cores)
     reg: str | None = None  # regularizers on the predicted clean latent: "tv=0.01,spectral=0.01" or a preset
     objective: str = "flow"  # flow (rectified flow, velocity) | eps (noise prediction, sampled with DDIM)
+    mixed_precision: str = "auto"  # auto | no | bf16 (the CPU too) | fp16 (a GPU): the model's forward under autocast
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -136,7 +138,9 @@ class TrainConfig:
         finite(self, lr=((">", 0), None), weight_decay=(0, None), grad_clip=((">", 0), None), ema=(0, 1),
                class_dropout=(0, 1), cfg_scale=(0, None), val_fraction=(0, 0.5), memory_limit_gb=(0, None), cache_limit_gb=((">", 0), None))
         one_of(self, cfc=("paper", "timegate", "static"), head=("ada", "gn"), device=DEVICES,
-               report_to=REPORT_TO, objective=OBJECTIVES)
+               report_to=REPORT_TO, objective=OBJECTIVES, mixed_precision=MIXED_PRECISION)
+        if self.mixed_precision == "fp16" and self.device == "cpu":
+            raise LiquidgenError("--mixed-precision fp16 needs a GPU (its loss scaling is CUDA's); use bf16 on the CPU")
         parse_reg(self.reg)  # refused here, before anything is written
         if (self.eval_every or self.eval_n) and not self.val_fraction:
             raise LiquidgenError("--eval-every and --eval-n score the held-out part of the cache: add --val-fraction, e.g. 0.05")

@@ -205,7 +205,12 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
     from accelerate.utils import gather_object
 
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no",
+    precision = cfg.mixed_precision
+    if precision == "auto":  # bf16 where the GPU computes it natively; on the CPU fp32, the exact reference
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not cuda:
+        raise LiquidgenError("--mixed-precision fp16 needs a GPU (its loss scaling is CUDA's); use bf16 on the CPU")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision,
                               gradient_accumulation_steps=cfg.grad_accum, log_with=trackers or None,
                               project_dir=cfg.out if trackers else None)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
