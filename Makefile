@@ -19,7 +19,7 @@ DEMO_RUN   ?= runs/paintings_mini
 DEMO_OUT   ?= samples/paintings_mini
 DEMO_STEPS ?= 600
 
-.PHONY: install demo cache info verify train resume sample test test-all bench clean
+.PHONY: install demo cache info verify train resume sample test test-all bench bench-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,9 @@ test-all:  ## also the slow tests
 
 bench:  ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python benchmarks/run.py
+
+bench-gpu:  ## on a CUDA device, ~6 min: training, loaders, encode, sampling -> docs/benchmarks.md (--smoke: anywhere, seconds)
+	$(BIN)/python benchmarks/gpu.py
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

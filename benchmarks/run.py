@@ -34,6 +34,7 @@ SECTIONS = {  # name -> (module, title)
     "remote": ("remote_cache", "Training from a cache served over HTTP"),
     "eval": ("eval_quality", "Image quality without downloads: the metrics and their noise"),
     "threads": ("threads", "Torch threads on a 2-core machine, idle and busy"),
+    "gpu": ("gpu", "On a GPU: training, loaders, encode and sampling (`make bench-gpu`)"),
 }
 RESULTS = ROOT / "benchmarks" / "results"
 

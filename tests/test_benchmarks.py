@@ -32,3 +32,19 @@ def test_docs_benchmarks_md_is_what_the_results_render_to(tmp_path, monkeypatch)
     run.render()
     committed = (BENCH.parent / "docs" / "benchmarks.md").read_text()
     assert (tmp_path / "docs" / "benchmarks.md").read_text() == committed, "rerun `python benchmarks/run.py --only <section>` or render()"
+
+
+def test_the_gpu_benchmark_runs_its_every_path_on_the_cpu(tmp_path):
+    """`benchmarks/gpu.py --smoke`: what `make bench-gpu` measures on a GPU, at sizes a CPU does
+    in seconds, so the script is known to run before a GPU is at hand."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--smoke", "--device", "cpu", "--out", str(tmp_path / "gpu.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu.json").read_text())["result"]
+    assert {r["model"] for r in result["rows"]} == {"liquid nano", "dit-tiny"}
+    assert all(r["steps_per_s"] > 0 and r["tflops"] > 0 for r in result["rows"])
+    assert set(result["loaders"]) == {"host-resident", "device-resident", "streaming"}
+    assert len(result["encode"]) == 2 and result["sample"]["images_per_s"] > 0
+    assert "Headline: **liquid nano ÷ dit-tiny" in done.stdout
