@@ -43,3 +43,23 @@ def test_a_compiled_run_equals_eager_and_resumes_bit_exact(cache40, tmp_path):
     assert done.returncode == 0, done.stderr
     assert losses(tmp_path / "whole") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
     assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
+
+
+def test_a_compiled_run_saves_checkpoints_an_eager_or_compiled_run_resumes(cache40, tmp_path, monkeypatch):
+    """The checkpoint holds the module's own keys, not the compiled wrapper's (`_orig_mod.`...):
+    a compiled run resumes compiled or eager. Dynamo's eager backend stands in for inductor here
+    (the wrapper is the same; compiling for real is the slow test above)."""
+    import functools
+
+    from liquidgen.config import TrainConfig
+    from liquidgen.pipeline import checkpoint as ckpt
+    from liquidgen.pipeline.train import train
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg = dict(cache=str(cache40), out=str(tmp_path / "r"), model="nano", batch_size=8, preview_every=0, ckpt_every=2,
+               progress=False, threads=1)
+    train(TrainConfig(**cfg, steps=2, compile=True))
+    saved = ckpt.load_weights(ckpt.latest_checkpoint(tmp_path / "r"), "model")
+    assert not any(k.startswith("_orig_mod.") for k in saved)
+    assert train(TrainConfig(**cfg, steps=3, compile=True, resume=True)).step == 3
+    assert train(TrainConfig(**cfg, steps=4, resume=True)).step == 4  # and eager

@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, trackers: list[str]) -> TrainResult:
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
+    raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # the module itself: checkpoints keyed as eager ones, resumable either way
 
     if trackers:  # TensorBoard writes under RUN/liquidgen/
         accelerator.init_trackers("liquidgen", config=hyperparameters(config))
